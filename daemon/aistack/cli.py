@@ -1,0 +1,176 @@
+"""The one entry point: `aistack <command>`. Exit 0 success, 1 runtime failure, 2 bad
+usage or bad configuration; every error names what was wrong and what to do."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from aistack import __version__
+from aistack.config import COLLECTION_NAME, Config, ConfigError, load_config, redacted
+from aistack.observability.logs import EventLog, setup_logging
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+log = EventLog("cli")
+
+
+class Failure(Exception):
+    """A runtime failure to report in one line and exit 1."""
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, metavar="FILE", help="configuration file (.toml or .json)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aistack",
+        description="Hardening for a self-hosted AI stack: a validating, rate-limiting "
+        "gateway over Qdrant and PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"aistack {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gateway = commands.add_parser(
+        "gateway", help="serve the HTTP API until SIGTERM (SIGHUP reloads TLS material)"
+    )
+    _config_argument(gateway)
+    gateway.set_defaults(run=run_gateway)
+
+    ingest = commands.add_parser(
+        "ingest", help="embed and upsert documents ({id?, text, payload?} per line)"
+    )
+    _config_argument(ingest)
+    ingest.add_argument("--collection", required=True, help="target collection")
+    ingest.add_argument("file", metavar="FILE.jsonl", type=Path)
+    ingest.set_defaults(run=run_ingest)
+
+    config = commands.add_parser("config", help="work with configuration files")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser(
+        "check", help="validate a configuration and print it with secrets redacted"
+    )
+    _config_argument(check)
+    check.set_defaults(run=run_config_check)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the embedded stack for a first try: private PostgreSQL, local Qdrant, "
+        "bundled model, sample corpus, gateway on 127.0.0.1:8080",
+    )
+    demo.add_argument("--listen", default="127.0.0.1:8080", help="gateway address")
+    demo.add_argument(
+        "--dir", type=Path, default=None, help="keep the demo's data here instead of a temp dir"
+    )
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except ConfigError as error:
+        print(f"aistack: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Failure as error:
+        print(f"aistack: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:
+    from aistack.embedding import EmbedderError, EmbedderUnavailable
+    from aistack.stores.qdrant import QdrantUnavailable, StoreLocked
+
+    try:
+        return asyncio.run(coroutine)
+    except (EmbedderError, EmbedderUnavailable, QdrantUnavailable, StoreLocked) as error:
+        raise Failure(str(error)) from None
+
+
+def run_config_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(json.dumps(redacted(config), indent=2))
+    print(f"aistack: {args.config}: configuration is valid", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    from aistack.gateway.server import serve
+
+    config = _load(args)
+
+    async def gateway() -> int:
+        try:
+            await serve(config)
+        except OSError as error:
+            raise Failure(f"gateway: cannot listen: {error.strerror or error}") from None
+        return EXIT_OK
+
+    return _run_async(gateway())
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from aistack.embedding import open_embedder
+    from aistack.ingest.jsonl import IngestError, ingest, read_documents
+    from aistack.stores.qdrant import VectorStore
+
+    config = _load(args)
+    if not COLLECTION_NAME.match(args.collection):
+        raise ConfigError(f"--collection {args.collection!r}: not 1-64 of A-Z a-z 0-9 _ -")
+    if args.collection not in config.validation.collections:
+        log.warning(
+            "ingest.collection_not_served",
+            collection=args.collection,
+            hint="add it to validation.collections or the gateway will not search it",
+        )
+    try:
+        documents = read_documents(args.file)
+    except IngestError as error:
+        raise ConfigError(str(error)) from None
+    if not documents:
+        raise ConfigError(f"{args.file}: no documents")
+
+    async def load() -> int:
+        embedder = await open_embedder(config.embedding)
+        store = VectorStore.connect(config.qdrant)
+        try:
+            loaded = await ingest(documents, args.collection, embedder, store)
+        finally:
+            await store.close()
+            await embedder.close()
+        log.info(
+            "ingest.done",
+            collection=args.collection,
+            documents=loaded.documents,
+            seconds=f"{loaded.seconds:.1f}",
+        )
+        return EXIT_OK
+
+    return _run_async(load())
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from aistack.demo.run import DemoError, run_demo_stack
+
+    try:
+        return _run_async(run_demo_stack(args.listen, args.dir))
+    except DemoError as error:
+        raise Failure(str(error)) from None

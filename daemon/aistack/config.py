@@ -1,0 +1,414 @@
+"""The one configuration file of every `aistack` command: TOML or JSON, same keys.
+
+The NixOS module renders the JSON form; users without NixOS write TOML. Unknown keys
+and bad values are errors that name the key (and, where the file shows it, the line).
+Secrets never stand in the file: only `*_file` paths, read with `read_secret`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tomllib
+import unicodedata
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RATE_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+RATE_WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+WHITESPACE_RUN = re.compile(r"\s+")
+HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. `str()` is the message for the user."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8080 or [::1]:8080)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} is outside 1-65535")
+    return host, number
+
+
+class GatewayConfig(Section):
+    listen: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"], min_length=1)
+    trusted_proxies: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=32768, ge=256, le=64 * 1024 * 1024)
+    acme_webroot: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    api_keys_file: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        for address in value:
+            parse_listen_address(address)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewayConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self
+
+    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies]
+
+
+class QdrantConfig(Section):
+    url: str = ""
+    path: str = ""
+    api_key_file: str = ""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> QdrantConfig:
+        if bool(self.url) == bool(self.path):
+            raise ValueError(
+                "set exactly one of qdrant.url (a Qdrant server) or qdrant.path (local mode)"
+            )
+        if self.url and urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"url {self.url!r} must start with http:// or https://")
+        return self
+
+
+class PostgresConfig(Section):
+    dsn: str = "postgresql:///aistack?host=/run/postgresql"
+    password_file: str = ""
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("dsn must be a postgresql:// URL")
+        return value
+
+
+class EmbeddingConfig(Section):
+    backend: Literal["fastembed", "openai"] = "fastembed"
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    model_path: str = ""
+    url: str = ""
+    api_key_file: str = ""
+    dimension: int = Field(default=384, ge=1, le=65536)
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> EmbeddingConfig:
+        if self.backend == "openai" and not self.url:
+            raise ValueError("backend 'openai' needs url (e.g. http://127.0.0.1:8081/v1)")
+        if self.url and urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"url {self.url!r} must start with http:// or https://")
+        return self
+
+
+def normalise_text(text: str) -> str:
+    """What deny patterns are matched against: NFKC, case folded, white space runs as one space.
+
+    Without this, "DROP\\tTABLE" or a fullwidth "ＤＲＯＰ " would pass the pattern "drop ".
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    # Zero-width and other format characters would split a pattern ("dr\u200bop ").
+    visible = "".join(char for char in folded if unicodedata.category(char) != "Cf")
+    return WHITESPACE_RUN.sub(" ", visible)
+
+
+class ValidationConfig(Section):
+    collections: list[str] = Field(
+        default_factory=lambda: [
+            "nixos_docs",
+            "solved_issues",
+            "skill_embeddings",
+            "telemetry_patterns",
+        ],
+        min_length=1,
+    )
+    max_query_chars: int = Field(default=10000, ge=1, le=1_000_000)
+    default_limit: int = Field(default=10, ge=1)
+    max_limit: int = Field(default=100, ge=1, le=10000)
+    max_offset: int = Field(default=10000, ge=0, le=1_000_000)
+    deny_patterns: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["<script", "drop ", "../"]
+    )
+    deny_action: Literal["reject", "log"] = "reject"
+    rate_limits: list[str] = Field(default_factory=lambda: ["60/minute", "1000/hour"])
+    rate_limit_storage: str = "memory://"
+    rate_limit_max_clients: int = Field(default=100_000, ge=1, le=10_000_000)
+    ipv6_prefix: int = Field(default=64, ge=1, le=128)
+
+    @field_validator("collections")
+    @classmethod
+    def _collections(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not COLLECTION_NAME.match(name):
+                raise ValueError(f"{name!r} is not 1-64 characters of A-Z a-z 0-9 _ -")
+        if len(set(value)) != len(value):
+            raise ValueError("names a collection twice")
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits(cls, value: list[str]) -> list[str]:
+        units = []
+        for spec in value:
+            match = RATE_LIMIT.match(spec)
+            if not match or int(match.group(1)) < 1:
+                raise ValueError(f"{spec!r} is not N/second, N/minute, N/hour or N/day (N >= 1)")
+            units.append(match.group(2))
+        if len(set(units)) != len(units):
+            raise ValueError("two limits share one window")
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        if value != "memory://" and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{value!r} is not memory:// or a redis:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> ValidationConfig:
+        if self.default_limit > self.max_limit:
+            raise ValueError(
+                f"default_limit {self.default_limit} is above max_limit {self.max_limit}"
+            )
+        return self
+
+    def normalised_deny_patterns(self) -> list[str]:
+        return [normalise_text(pattern) for pattern in self.deny_patterns]
+
+    def rate_windows(self) -> list[tuple[str, int, int]]:
+        """(name, quota, window seconds) for each configured limit, shortest window first."""
+        windows = []
+        for spec in self.rate_limits:
+            match = RATE_LIMIT.match(spec)
+            assert match is not None  # checked by the validator
+            unit = match.group(2)
+            windows.append((unit, int(match.group(1)), RATE_WINDOW_SECONDS[unit]))
+        return sorted(windows, key=lambda window: window[2])
+
+
+class GcConfig(Section):
+    max_solutions: int = Field(default=100000, ge=1)
+    max_age_days: int = Field(default=30, ge=1)
+    min_value_score: float = Field(default=0.5, ge=0.0, le=1.0)
+    prune_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    deduplicate_similarity: float = Field(default=0.95, gt=0.0, le=1.0)
+    orphan_cleanup: bool = True
+    archive_days: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=5000, ge=1, le=100000)
+
+
+class AcmeConfig(Section):
+    domains: list[str] = Field(default_factory=list)
+    email: str = ""
+    directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    staging: bool = False
+    key_type: Literal["ec256", "ec384", "rsa2048", "rsa4096"] = "ec256"
+    renew_before_days: int = Field(default=30, ge=1, le=365)
+    challenge: Literal["webroot", "standalone"] = "webroot"
+    webroot: str = "/var/lib/aistack/acme/webroot"
+    http_address: str = "0.0.0.0:80"
+    cert_dir: str = "/var/lib/aistack/certs"
+    state_dir: str = "/var/lib/aistack/acme"
+    ca_bundle: str = ""
+    eab_kid: str = ""
+    eab_hmac_key_file: str = ""
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        for domain in value:
+            labels = domain.lower().removeprefix("*.").split(".")
+            if len(domain) > 253 or not all(HOSTNAME_LABEL.match(label) for label in labels):
+                raise ValueError(f"{domain!r} is not a DNS name")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if value and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", value):
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value
+
+    @field_validator("directory_url")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"{value!r} must start with https://")
+        return value
+
+    @field_validator("http_address")
+    @classmethod
+    def _http_address(cls, value: str) -> str:
+        parse_listen_address(value)
+        return value
+
+
+class Config(Section):
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    qdrant: QdrantConfig
+    postgres: PostgresConfig = Field(default_factory=PostgresConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    gc: GcConfig = Field(default_factory=GcConfig)
+    acme: AcmeConfig = Field(default_factory=AcmeConfig)
+
+    source: Path | None = Field(default=None, exclude=True)
+
+
+def parse_config_text(text: str, suffix: str, name: str = "<config>") -> dict[str, Any]:
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{name}: not valid TOML: {error}") from None
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(
+                f"{name}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno})"
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{name}: the top level must be an object of sections")
+        return data
+    raise ConfigError(f"{name}: the file name must end in .toml or .json")
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file; raise ConfigError with every problem named."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the configuration: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text") from None
+    data = parse_config_text(text, file.suffix.lower(), str(file))
+    return validate_config(data, text, str(file))
+
+
+def validate_config(data: dict[str, Any], text: str = "", name: str = "<config>") -> Config:
+    if "source" in data:
+        raise ConfigError(f"{name}: unknown key 'source'")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_config_errors(error, text, name)) from None
+    return config.model_copy(update={"source": Path(name)})
+
+
+def format_config_errors(error: ValidationError, text: str, name: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        key = ".".join(loc) if loc else "(top level)"
+        line = _find_line(text, [part for part in loc if not part.isdigit()])
+        where = f"{name}:{line}" if line else name
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key '{key}'"
+        elif item["type"] == "missing":
+            message = f"'{key}' is required"
+        else:
+            message = f"{key}: {_strip_prefix(item['msg'])}"
+        lines.append(f"{where}: {message}")
+    return "\n".join(lines)
+
+
+def _strip_prefix(message: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _find_line(text: str, keys: list[str]) -> int | None:
+    """Best effort: the line where the last key of `keys` is set, after its section header.
+
+    Neither tomllib nor json keeps positions; a plain scan finds the line in every file
+    the NixOS module or a person writes.
+    """
+    if not text or not keys:
+        return None
+    start = 0
+    lines = text.splitlines()
+    if len(keys) > 1:
+        header = re.compile(rf"^\s*(\[\s*{re.escape(keys[0])}\s*\]|\"{re.escape(keys[0])}\"\s*:)")
+        for number, line in enumerate(lines):
+            if header.search(line):
+                start = number
+                break
+    key = re.escape(keys[-1])
+    target = re.compile(rf"^\s*(\"?{key}\"?\s*[=:]|\[\s*{key}\s*\])")
+    for number in range(start, len(lines)):
+        if target.search(lines[number]):
+            return number + 1
+    return None
+
+
+def read_secret(path: str) -> str:
+    """The content of a `*_file` key, without its trailing newline.
+
+    A relative path is looked up in systemd's $CREDENTIALS_DIRECTORY (LoadCredential=).
+    """
+    file = Path(path)
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not file.is_absolute() and credentials:
+        file = Path(credentials) / file
+    try:
+        return file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the secret file: {error.strerror}") from None
+
+
+def redact_dsn(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The configuration as data, with anything secret-looking replaced by ***."""
+    data = config.model_dump(mode="json")
+    data["postgres"]["dsn"] = redact_dsn(config.postgres.dsn)
+    for section in ("validation",):
+        storage = data[section]["rate_limit_storage"]
+        if storage != "memory://":
+            data[section]["rate_limit_storage"] = redact_dsn(storage)
+    return data

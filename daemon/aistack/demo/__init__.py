@@ -1,0 +1,1 @@
+"""`aistack demo`: the whole stack in one process for a first try, no NixOS needed."""

@@ -1,0 +1,115 @@
+"""The embedded stack: a private PostgreSQL in a temporary directory, Qdrant in local mode
+on disk, the bundled model, the sample corpus in `nixos_docs`, the gateway on loopback.
+Ctrl-C stops everything it started and removes what it created (unless --dir was given)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from aistack.config import Config, validate_config
+from aistack.embedding import open_embedder
+from aistack.gateway.server import serve
+from aistack.ingest.jsonl import ingest, read_documents
+from aistack.stores.private_postgres import (
+    PostgresNotFound,
+    PostgresStartError,
+    PrivatePostgres,
+)
+from aistack.stores.qdrant import VectorStore
+
+CORPUS = Path(__file__).parent / "corpus.jsonl"
+
+
+class DemoError(Exception):
+    pass
+
+
+def demo_config(directory: Path, listen: str, dsn: str) -> Config:
+    return validate_config(
+        {
+            "gateway": {"listen": [listen]},
+            "qdrant": {"path": str(directory / "qdrant")},
+            "postgres": {"dsn": dsn},
+        },
+        name="<demo>",
+    )
+
+
+def try_lines(listen: str) -> str:
+    base = f"http://{listen}"
+    search = "curl -s {base}/vector/search -H 'Content-Type: application/json' -d '{body}'"
+    return "\n".join(
+        [
+            "",
+            f"aistack demo: gateway on {base} (Ctrl-C stops everything)",
+            "Try:",
+            "  "
+            + search.format(
+                base=base,
+                body='{"collection": "nixos_docs", "query": "install", "limit": 3}',
+            ),
+            "  "
+            + search.format(
+                base=base,
+                body='{"collection": "nixos_docs", "query": "install", "limit": 10, "offset": 20}',
+            ),
+            "  # refused with 422, the rule named:",
+            "  " + search.format(base=base, body='{"collection": "evil_collection", "query": "x"}'),
+            "  "
+            + search.format(
+                base=base,
+                body='{"collection": "nixos_docs", "query": "x", "limit": 1000000}',
+            ),
+            f"  curl -s {base}/readyz",
+            f"  curl -s {base}/metrics | grep -E '^aidb_|^aistack_rate'",
+            f"  curl -sI {base}/healthz | grep -i ratelimit",
+            "",
+        ]
+    )
+
+
+async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
+    directory = keep_dir or Path(tempfile.mkdtemp(prefix="aistack-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    if keep_dir is None:
+        # Traversable, not listable: as root, PostgreSQL runs as `postgres` inside it.
+        directory.chmod(0o711)
+    postgres = PrivatePostgres(directory / "postgres")
+    try:
+        print(f"aistack demo: starting PostgreSQL in {directory / 'postgres'}", file=sys.stderr)
+        try:
+            await asyncio.to_thread(postgres.start)
+        except (PostgresNotFound, PostgresStartError) as error:
+            raise DemoError(str(error)) from None
+        config = demo_config(directory, listen, postgres.dsn)
+        print("aistack demo: loading the embedding model", file=sys.stderr)
+        embedder = await open_embedder(config.embedding)
+        store = VectorStore.connect(config.qdrant)
+        try:
+            documents = read_documents(CORPUS)
+            print(
+                f"aistack demo: loading {len(documents)} documents into nixos_docs",
+                file=sys.stderr,
+            )
+            await ingest(documents, "nixos_docs", embedder, store)
+            print(try_lines(listen), file=sys.stderr)
+            try:
+                await serve(config, embedder=embedder, store=store)
+            except OSError as error:
+                raise DemoError(
+                    f"cannot listen on {listen}: {error.strerror or error} "
+                    "(is another demo running? try --listen 127.0.0.1:8081)"
+                ) from None
+        finally:
+            await store.close()
+            await embedder.close()
+    finally:
+        await asyncio.to_thread(postgres.stop)
+        if keep_dir is None:
+            shutil.rmtree(directory, ignore_errors=True)
+        print("aistack demo: stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,47 @@
+"""Error answers: JSON with a one-line `detail` naming each failing field and rule."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from aistack.gateway.requests import Problem
+
+RETRY_AFTER_UNAVAILABLE = 5
+
+
+def json_answer(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_answer(
+    status: int,
+    detail: str,
+    errors: Sequence[dict[str, str]] = (),
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return json_answer({"detail": detail, "errors": list(errors)}, status, headers)
+
+
+def problems_answer(problems: Sequence[Problem]) -> web.Response:
+    detail = "; ".join(f"{p.loc}: {p.msg}" for p in problems)
+    return error_answer(422, detail, [p.as_json() for p in problems])
+
+
+def unavailable_answer(dependency: str) -> web.Response:
+    return error_answer(
+        503,
+        f"{dependency} is unavailable; retry later",
+        [{"loc": dependency, "type": "unavailable", "msg": "dependency did not answer"}],
+        {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+    )

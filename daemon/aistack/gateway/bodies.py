@@ -1,0 +1,61 @@
+"""Request bodies, read only when everything that can be decided without them has been.
+
+aiohttp answers `Expect: 100-continue` before middlewares run and buffers up to
+`client_max_size` before refusing; both are too late for a public endpoint. Here the
+route's expect handler defers the interim answer, the middleware refuses on
+Content-Length alone, and the body is read in chunks with the limit checked as it grows
+(chunked bodies have no Content-Length), under a deadline (slow bodies tie up nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+BODY_DEADLINE_SECONDS = 10.0
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTooSlow(Exception):
+    pass
+
+
+async def defer_continue(request: web.Request) -> web.StreamResponse | None:
+    """Route expect handler: say nothing yet; `read_body` sends 100 Continue when the
+    request has passed every check that does not need its body."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="only Expect: 100-continue is understood")
+    return None
+
+
+def declared_length(request: web.Request) -> int | None:
+    return request.content_length
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if (
+        request.version == HttpVersion11
+        and request.headers.get("Expect", "").lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_DEADLINE_SECONDS):
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTooSlow from None
+    return b"".join(chunks)

@@ -1,0 +1,193 @@
+"""The gateway's endpoints. Each one assumes `middleware.guard` has already run."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aistack.embedding import EmbedderUnavailable
+from aistack.gateway.answers import (
+    error_answer,
+    json_answer,
+    problems_answer,
+    unavailable_answer,
+)
+from aistack.gateway.bodies import BodyTooLarge, BodyTooSlow, read_body
+from aistack.gateway.middleware import too_large
+from aistack.gateway.requests import RequestRejected, parse_request
+from aistack.gateway.state import STATE, GatewayState
+from aistack.observability.logs import EventLog
+from aistack.stores import postgres
+from aistack.stores.qdrant import QdrantUnavailable
+
+log = EventLog("gateway")
+ACME_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+READY_TIMEOUT_SECONDS = 3.0
+
+
+async def body_or_answer(state: GatewayState, request: web.Request) -> bytes | web.Response:
+    limit = state.config.gateway.max_body_bytes
+    try:
+        return await read_body(request, limit)
+    except BodyTooLarge:
+        state.metrics.validation_failures.labels("body_too_large").inc()
+        return too_large(limit)
+    except BodyTooSlow:
+        state.metrics.validation_failures.labels("body_too_slow").inc()
+        return error_answer(408, "body: not received within the deadline")
+
+
+async def search(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await body_or_answer(state, request)
+    if isinstance(body, web.Response):
+        return body
+    # guard() has checked the key already; looking it up again costs one sha256 and
+    # keeps per-request state out of the request object.
+    grant = state.access.grant_for(request.headers.get("Authorization")) if state.access else None
+    allowed = grant.collections if grant is not None else state.collections
+    try:
+        query = parse_request(state.search_model, body, allowed)
+    except RequestRejected as rejected:
+        for problem in rejected.problems:
+            state.metrics.validation_failures.labels(problem.reason).inc()
+        return problems_answer(rejected.problems)
+
+    pattern = state.rules.first_match(query.query)
+    if pattern is not None:
+        state.metrics.validation_failures.labels("deny_pattern").inc()
+        log.warning(
+            "gateway.deny_pattern",
+            pattern=pattern,
+            action="reject" if state.rules.reject else "log",
+            collection=query.collection,
+        )
+        if state.rules.reject:
+            return problems_answer([state.rules.problem("query", pattern)])
+    state.metrics.query_size.observe(len(query.query.encode()))
+
+    assert state.embedder is not None and state.store is not None and state.totals is not None
+    try:
+        vector = await state.embedder.embed_query(query.query)
+    except EmbedderUnavailable as error:
+        return dependency_down(state, "embedder", error)
+    try:
+        # One more than asked for: `has_more` is then exact at the last page, whatever
+        # the cached total says.
+        hits = await state.store.search(query.collection, vector, query.limit + 1, query.offset)
+        total = await state.totals.get(query.collection)
+    except QdrantUnavailable as error:
+        return dependency_down(state, "qdrant", error)
+    has_more = len(hits) > query.limit
+    hits = hits[: query.limit]
+    total = page_total(total, query.offset, len(hits), has_more)
+    return json_answer(
+        {
+            "results": [{"id": h.id, "score": h.score, "payload": h.payload} for h in hits],
+            "total": total,
+            "offset": query.offset,
+            "limit": query.limit,
+            "has_more": has_more,
+        }
+    )
+
+
+def page_total(cached: int, offset: int, returned: int, has_more: bool) -> int:
+    """The cached count, corrected by what this page proved: a page that ends short of
+    `limit + 1` hits ends the collection; a page with more proves at least that many."""
+    if has_more:
+        return max(cached, offset + returned + 1)
+    if returned:
+        return offset + returned
+    return min(cached, offset)
+
+
+def dependency_down(state: GatewayState, name: str, error: Exception) -> web.Response:
+    state.metrics.dependency_errors.labels(name).inc()
+    log.warning("gateway.dependency_unavailable", dependency=name, error=str(error)[:300])
+    return unavailable_answer(name)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_answer({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    checks = {
+        "postgres": _check_postgres(state),
+        "qdrant": _check(state.store.check() if state.store else None),
+        "embedder": _check(state.embedder.check() if state.embedder else None),
+    }
+    results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+    down = [name for name, problem in results.items() if problem is not None]
+    if not down:
+        return json_answer({"status": "ready", "checks": dict.fromkeys(results, "ok")})
+    return error_answer(
+        503,
+        "not ready: " + "; ".join(f"{name}: {results[name]}" for name in down),
+        [{"loc": name, "type": "unavailable", "msg": str(results[name])} for name in down],
+        {"Retry-After": "5"},
+    )
+
+
+async def _check_postgres(state: GatewayState) -> str | None:
+    if state.pool is None:
+        return "not configured"
+    try:
+        await postgres.check(state.pool, READY_TIMEOUT_SECONDS)
+    except postgres.PostgresUnavailable as error:
+        return f"unavailable ({str(error)[:200]})"
+    return None
+
+
+async def _check(probe: object) -> str | None:
+    if probe is None:
+        return "not configured"
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await probe  # type: ignore[misc]
+    except (QdrantUnavailable, EmbedderUnavailable, TimeoutError, OSError) as error:
+        return f"unavailable ({str(error)[:200] or error.__class__.__name__})"
+    return None
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    tracked = getattr(state.limiter, "tracked_clients", None)
+    if tracked is not None:
+        state.metrics.rate_limit_clients.set(tracked)
+    body = generate_latest(state.metrics.registry)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_answer(request.app[STATE].openapi)
+
+
+async def acme_challenge(request: web.Request) -> web.Response:
+    """HTTP-01 key authorizations from `gateway.acme_webroot`, as certbot-style webroots
+    lay them out. The token is checked against the base64url alphabet before it touches
+    the file system, so no path can escape the challenge directory."""
+    state = request.app[STATE]
+    token = request.match_info["token"]
+    webroot = state.config.gateway.acme_webroot
+    if not webroot or not ACME_TOKEN.match(token):
+        raise web.HTTPNotFound()
+    file = Path(webroot) / ".well-known" / "acme-challenge" / token
+    try:
+        content = await asyncio.to_thread(_read_small, file)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise web.HTTPNotFound() from None
+    return web.Response(body=content, content_type="application/octet-stream")
+
+
+def _read_small(file: Path) -> bytes:
+    with file.open("rb") as handle:
+        return handle.read(4096)

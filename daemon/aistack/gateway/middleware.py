@@ -1,0 +1,158 @@
+"""The checks every request passes, cheapest first, before a handler spends anything on it.
+
+Order: metrics around everything; then, for API endpoints, the rate limiter (429), the
+API key (401/403), the media type (415) and the declared body size (413). Only then does a
+handler read the body. Operational endpoints (/healthz, /readyz, /metrics, ACME tokens)
+are not counted against a client's quota, so a Prometheus scrape never eats an agent's
+searches, but they carry the RateLimit-Policy field like every other answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from aistack.gateway.answers import error_answer, unavailable_answer
+from aistack.gateway.clientkey import client_key
+from aistack.gateway.ratelimit import Decision, RateLimitStorageError
+from aistack.gateway.state import STATE, GatewayState
+from aistack.observability.logs import EventLog
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = EventLog("gateway")
+
+LIMITED_ENDPOINTS = frozenset({"/vector/search", "/hybrid/learn", "/openapi.json"})
+BODY_ENDPOINTS = frozenset({"/vector/search", "/hybrid/learn"})
+OPEN_ENDPOINTS = frozenset({"/healthz", "/.well-known/acme-challenge/{token}"})
+
+
+def endpoint_of(request: web.Request) -> str:
+    """The route template, or "unmatched": never the raw path a client sent."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        response = error_answer(error.status, error.reason)
+        for name in ("Allow", "WWW-Authenticate"):
+            if name in error.headers:
+                response.headers[name] = error.headers[name]
+    except Exception as error:
+        log.exception("gateway.unhandled", endpoint=endpoint_of(request), error=repr(error))
+        response = error_answer(500, "internal error; see the gateway's journal")
+    endpoint = endpoint_of(request)
+    state.metrics.requests.labels(endpoint, str(response.status)).inc()
+    state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+    if state.policy_header and "RateLimit-Policy" not in response.headers:
+        response.headers["RateLimit-Policy"] = state.policy_header
+    if request.body_exists and not request.content.is_eof():
+        # No keep-alive after a body we refused (see server.RUNNER_OPTIONS).
+        response.force_close()
+    return response
+
+
+def rate_headers(state: GatewayState, decision: Decision) -> dict[str, str]:
+    if not state.policy_header:
+        return {}
+    return {"RateLimit-Policy": state.policy_header, "RateLimit": decision.header_value()}
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    endpoint = endpoint_of(request)
+    if endpoint not in LIMITED_ENDPOINTS:
+        if endpoint not in OPEN_ENDPOINTS and state.access is not None:
+            denied = authorize(state, request, endpoint)
+            if denied is not None:
+                return denied
+        return await handler(request)
+
+    key = client_key(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", []),
+        state.trusted,
+        state.config.validation.ipv6_prefix,
+    )
+    try:
+        decision = await state.limiter.hit(key)
+    except RateLimitStorageError:
+        state.metrics.dependency_errors.labels("rate_limit_storage").inc()
+        return unavailable_answer("rate_limit_storage")
+    headers = rate_headers(state, decision)
+    if not decision.allowed:
+        exhausted = next(s.window.name for s in decision.states if s.remaining == 0)
+        state.metrics.rate_limited.labels(exhausted).inc()
+        headers["Retry-After"] = str(decision.retry_after)
+        return error_answer(
+            429,
+            f"rate limit exceeded ({exhausted} window); retry after {decision.retry_after} s",
+            [{"loc": "client", "type": "rate_limited", "msg": exhausted}],
+            headers,
+        )
+    response = await checked(state, request, endpoint)
+    if response is None:
+        response = await handler(request)
+    response.headers.update(headers)
+    return response
+
+
+async def checked(
+    state: GatewayState, request: web.Request, endpoint: str
+) -> web.StreamResponse | None:
+    """The first refusal that needs no body, or None when the handler may go on."""
+    if state.access is not None:
+        denied = authorize(state, request, endpoint)
+        if denied is not None:
+            return denied
+    if endpoint not in BODY_ENDPOINTS:
+        return None
+    if request.content_type != "application/json":
+        state.metrics.validation_failures.labels("unsupported_media_type").inc()
+        return error_answer(
+            415,
+            f"body must be application/json (got {request.content_type[:64]!r})",
+            [{"loc": "content-type", "type": "media_type", "msg": "application/json"}],
+        )
+    limit = state.config.gateway.max_body_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        state.metrics.validation_failures.labels("body_too_large").inc()
+        return too_large(limit, declared)
+    return None
+
+
+def too_large(limit: int, declared: int | None = None) -> web.Response:
+    got = f" (Content-Length {declared})" if declared is not None else ""
+    return error_answer(
+        413,
+        f"body: max_body_bytes {limit} exceeded{got}",
+        [{"loc": "body", "type": "too_large", "msg": f"max_body_bytes {limit}"}],
+    )
+
+
+def authorize(state: GatewayState, request: web.Request, endpoint: str) -> web.Response | None:
+    assert state.access is not None
+    grant = state.access.grant_for(request.headers.get("Authorization"))
+    if grant is None:
+        return error_answer(
+            401,
+            "a valid API key is required: Authorization: Bearer <key>",
+            [{"loc": "authorization", "type": "unauthorized", "msg": "missing or unknown"}],
+            {"WWW-Authenticate": 'Bearer realm="aistack"'},
+        )
+    if not grant.allows_endpoint(endpoint):
+        return error_answer(
+            403,
+            f"this API key may not use {endpoint}",
+            [{"loc": "authorization", "type": "forbidden", "msg": endpoint}],
+        )
+    return None

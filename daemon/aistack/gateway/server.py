@@ -1,0 +1,80 @@
+"""Run the gateway until SIGTERM: listen, tell systemd when ready, reload TLS on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+from typing import Any
+
+from aiohttp import web
+
+from aistack.config import Config, GatewayConfig, parse_listen_address
+from aistack.embedding import Embedder
+from aistack.gateway.app import create_app
+from aistack.observability.logs import EventLog
+from aistack.observability.sdnotify import notify
+from aistack.stores.qdrant import VectorStore
+
+log = EventLog("gateway")
+SHUTDOWN_GRACE_SECONDS = 20.0
+# aiohttp reads and discards an unread body for up to `lingering_time` (10 s) to keep the
+# connection alive; for a body we refused (1 GB announced, or chunks past the limit)
+# that is wasted work, so the connection is closed right after the answer instead.
+RUNNER_OPTIONS: dict[str, Any] = {"lingering_time": 0, "access_log": None}
+
+
+def tls_context(config: GatewayConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return context
+
+
+def reload_tls(context: ssl.SSLContext, config: GatewayConfig) -> None:
+    """New handshakes get the new pair; open connections keep theirs. A pair that does
+    not load leaves the old one in place (a half-written renewal must not take us down)."""
+    try:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as error:
+        log.error("gateway.tls_reload_failed", cert=config.tls_cert_file, error=str(error))
+        return
+    log.info("gateway.tls_reloaded", cert=config.tls_cert_file)
+
+
+async def serve(
+    config: Config,
+    *,
+    embedder: Embedder | None = None,
+    store: VectorStore | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set or SIGTERM/SIGINT arrives. Raises OSError when a listen
+    address cannot be bound."""
+    app = create_app(config, embedder=embedder, store=store)
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **RUNNER_OPTIONS
+    )
+    await runner.setup()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    context = tls_context(config.gateway) if config.gateway.tls_cert_file else None
+    try:
+        for address in config.gateway.listen:
+            host, port = parse_listen_address(address)
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        if context is not None:
+            loop.add_signal_handler(signal.SIGHUP, reload_tls, context, config.gateway)
+        listen = ",".join(config.gateway.listen)
+        log.info("gateway.started", listen=listen, tls=context is not None)
+        notify("READY=1", f"STATUS=serving on {listen}")
+        await stop.wait()
+        log.info("gateway.stopping")
+        notify("STOPPING=1", "STATUS=finishing in-flight requests")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+    log.info("gateway.stopped")

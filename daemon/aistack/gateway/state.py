@@ -1,0 +1,69 @@
+"""What the gateway's handlers share: one object under one AppKey, built by `create_app`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from aistack.config import Config
+from aistack.embedding import Embedder
+from aistack.gateway.access import AccessControl
+from aistack.gateway.metrics import GatewayMetrics
+from aistack.gateway.ratelimit import RateLimiter
+from aistack.gateway.requests import ContentRules, SearchRequest
+from aistack.stores.qdrant import VectorStore
+
+
+class CollectionTotals:
+    """Point counts per collection, refreshed at most every `ttl` seconds.
+
+    Pagination reports `total` from here: counting a collection on every request would
+    cost more than the search itself on a large Qdrant collection.
+    """
+
+    def __init__(self, store: VectorStore, ttl: float = 30.0) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._values: dict[str, tuple[int, float]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, collection: str) -> int:
+        cached = self._values.get(collection)
+        now = time.monotonic()
+        if cached and now - cached[1] < self._ttl:
+            return cached[0]
+        lock = self._locks.setdefault(collection, asyncio.Lock())
+        async with lock:
+            cached = self._values.get(collection)
+            if cached and time.monotonic() - cached[1] < self._ttl:
+                return cached[0]
+            value = await self._store.count(collection)
+            self._values[collection] = (value, time.monotonic())
+            return value
+
+
+@dataclass
+class GatewayState:
+    config: Config
+    metrics: GatewayMetrics
+    search_model: type[SearchRequest]
+    rules: ContentRules
+    limiter: RateLimiter
+    policy_header: str
+    collections: frozenset[str]
+    trusted: list[Any]
+    access: AccessControl | None
+    openapi: dict[str, Any]
+    embedder: Embedder | None = None
+    store: VectorStore | None = None
+    pool: asyncpg.Pool | None = None
+    totals: CollectionTotals | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+STATE = web.AppKey("aistack_state", GatewayState)

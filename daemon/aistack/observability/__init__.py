@@ -1,0 +1,1 @@
+"""Shared observability: journald-friendly event logs, sd_notify, Prometheus helpers."""

@@ -1,0 +1,1 @@
+"""Shared access to the stores: Qdrant (vectors) and PostgreSQL (the source of truth)."""

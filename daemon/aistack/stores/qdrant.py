@@ -1,0 +1,164 @@
+"""Qdrant through qdrant-client: a server (`qdrant.url`) or local mode (`qdrant.path`).
+
+The client is synchronous code (its async variant wraps the same blocking calls in local
+mode), so every call runs on a small thread pool and the event loop never waits on it.
+Local mode keeps its store in this process and admits one process at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from aistack.config import QdrantConfig, read_secret
+
+T = TypeVar("T")
+ID_NAMESPACE = uuid.UUID("5d6c7b1e-2f1a-4c59-9a53-6e3f1d2b7a10")
+
+
+class QdrantUnavailable(Exception):
+    """Qdrant did not answer (server down, timeout); the caller may retry later."""
+
+
+class StoreLocked(Exception):
+    """A local-mode store that another process holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    id: int | str
+    score: float
+    payload: dict[str, Any]
+
+
+def point_id(value: object) -> int | str:
+    """A Qdrant point id for a document id: unsigned ints and UUIDs as they are,
+    any other string mapped to a stable UUID (so re-ingesting a file replaces, not adds)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64:
+        return value
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            return str(uuid.uuid5(ID_NAMESPACE, value))
+    raise ValueError(f"id {value!r} is neither an unsigned integer nor a string")
+
+
+class VectorStore:
+    def __init__(self, client: QdrantClient, local: bool) -> None:
+        self._client = client
+        self.local = local
+        # Local mode is one in-process store that is not safe to call from two threads.
+        self._executor = ThreadPoolExecutor(1 if local else 8, thread_name_prefix="aistack-qdrant")
+
+    @classmethod
+    def connect(cls, config: QdrantConfig) -> VectorStore:
+        if config.path:
+            try:
+                client = QdrantClient(path=config.path)
+            except RuntimeError as error:
+                if "already accessed" in str(error):
+                    raise StoreLocked(
+                        f"the Qdrant store at {config.path} is held by another process "
+                        "(local mode admits one): stop it, or use a Qdrant server (qdrant.url)"
+                    ) from None
+                raise
+            return cls(client, local=True)
+        api_key = read_secret(config.api_key_file) if config.api_key_file else None
+        client = QdrantClient(
+            url=config.url, api_key=api_key, timeout=10, check_compatibility=False
+        )
+        return cls(client, local=False)
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, call)
+        except (ResponseHandlingException, ConnectionError, TimeoutError) as error:
+            raise QdrantUnavailable(f"Qdrant: {error.__class__.__name__}: {error}") from error
+        except UnexpectedResponse as error:
+            if error.status_code is not None and error.status_code >= 500:
+                raise QdrantUnavailable(f"Qdrant answered {error.status_code}") from error
+            raise
+
+    async def collection_exists(self, name: str) -> bool:
+        return await self._run(lambda: self._client.collection_exists(name))
+
+    async def ensure_collection(self, name: str, dimension: int) -> None:
+        def create() -> None:
+            if not self._client.collection_exists(name):
+                self._client.create_collection(
+                    name,
+                    vectors_config=models.VectorParams(
+                        size=dimension, distance=models.Distance.COSINE
+                    ),
+                )
+                return
+            info = self._client.get_collection(name)
+            size = _vector_size(info)
+            if size is not None and size != dimension:
+                raise ValueError(
+                    f"collection {name} holds {size}-dimensional vectors, "
+                    f"the embedder gives {dimension}"
+                )
+
+        await self._run(create)
+
+    async def upsert(
+        self,
+        name: str,
+        ids: Sequence[int | str],
+        vectors: Sequence[Sequence[float]],
+        payloads: Sequence[dict[str, Any]],
+    ) -> None:
+        points = models.Batch(
+            ids=list(ids), vectors=[list(v) for v in vectors], payloads=list(payloads)
+        )
+        await self._run(lambda: self._client.upsert(name, points=points, wait=True))
+
+    async def search(
+        self, name: str, vector: Sequence[float], limit: int, offset: int
+    ) -> list[Hit]:
+        def query() -> list[Hit]:
+            if not self._client.collection_exists(name):
+                return []
+            response = self._client.query_points(
+                name, query=list(vector), limit=limit, offset=offset, with_payload=True
+            )
+            return [Hit(_plain_id(p.id), p.score, p.payload or {}) for p in response.points]
+
+        return await self._run(query)
+
+    async def count(self, name: str) -> int:
+        def count() -> int:
+            if not self._client.collection_exists(name):
+                return 0
+            # Approximate on a server (cheap); local mode counts exactly either way.
+            return self._client.count(name, exact=self.local).count
+
+        return await self._run(count)
+
+    async def check(self) -> None:
+        await self._run(self._client.get_collections)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._client.close()
+
+
+def _plain_id(value: int | str | uuid.UUID) -> int | str:
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
+def _vector_size(info: models.CollectionInfo) -> int | None:
+    vectors = info.config.params.vectors
+    if isinstance(vectors, models.VectorParams):
+        return vectors.size
+    return None

@@ -1,0 +1,226 @@
+"""`aistack ingest` and `aistack gateway` run as a user runs them: separate processes,
+real sockets, systemd's notify socket, signals."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.test_gateway_dependencies import free_port
+
+
+def write_config(tmp_path: Path, port: int, **gateway) -> Path:
+    config = {
+        "gateway": {"listen": [f"127.0.0.1:{port}"], **gateway},
+        "qdrant": {"path": str(tmp_path / "qdrant")},
+        "postgres": {"dsn": "postgresql://postgres@127.0.0.1:9/aistack"},
+    }
+    path = tmp_path / "aistack.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def aistack(*args, env=None, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "aistack", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        **kwargs,
+    )
+
+
+class Gateway:
+    """`aistack gateway` in its own process, started the way systemd starts it."""
+
+    def __init__(self, config: Path, tmp_path: Path) -> None:
+        self.notify_path = str(tmp_path / "notify.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(60)
+        env = {**os.environ, "NOTIFY_SOCKET": self.notify_path, "JOURNAL_STREAM": "8:1234"}
+        self.log = open(tmp_path / "gateway.log", "w+")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aistack", "gateway", "--config", str(config)],
+            stderr=self.log,
+            env=env,
+        )
+
+    def wait_ready(self) -> list[str]:
+        messages: list[str] = []
+        while not any(m.startswith("READY=1") for m in messages):
+            messages.extend(self.notify.recv(4096).decode().splitlines())
+        return messages
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self.notify.close()
+        self.log.seek(0)
+        self.text = self.log.read()
+        self.log.close()
+        return code
+
+    def output(self) -> str:
+        return self.text
+
+
+def search(port: int, query: str, scheme: str = "http", context=None) -> dict:
+    request = urllib.request.Request(
+        f"{scheme}://127.0.0.1:{port}/vector/search",
+        data=json.dumps({"collection": "nixos_docs", "query": query, "limit": 3}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30, context=context) as response:
+        return json.load(response)
+
+
+def test_ingest_then_serve_then_sigterm(tmp_path):
+    port = free_port()
+    config = write_config(tmp_path, port)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(
+        "\n".join(
+            json.dumps(d)
+            for d in [
+                {"id": 1, "text": "Enable OpenSSH with services.openssh.enable = true."},
+                {"id": "doc-two", "text": "Open port 443 in networking.firewall."},
+                {"text": "Roll back with nixos-rebuild switch --rollback.", "payload": {"t": 1}},
+            ]
+        )
+    )
+    result = aistack("ingest", "--config", str(config), "--collection", "nixos_docs", str(docs))
+    assert result.returncode == 0, result.stderr
+    assert "ingest: 3/3 documents (100%)" in result.stderr
+    assert "event=ingest.done" in result.stderr
+
+    gateway = Gateway(config, tmp_path)
+    try:
+        messages = gateway.wait_ready()
+        assert f"STATUS=serving on 127.0.0.1:{port}" in messages
+        answer = search(port, "how do I undo an upgrade")
+        assert answer["total"] == 3
+        assert "rollback" in answer["results"][0]["payload"]["text"]
+        # Local mode admits one process: a second one is told so and exits 1.
+        again = aistack("ingest", "--config", str(config), "--collection", "nixos_docs", str(docs))
+        assert again.returncode == 1
+        assert "held by another process" in again.stderr
+    finally:
+        code = gateway.stop()
+    assert code == 0
+    output = gateway.output()
+    assert "<6>event=gateway.started" in output
+    assert "<6>event=gateway.stopped" in output
+
+
+def test_ingest_rejects_a_bad_file_and_writes_nothing(tmp_path):
+    config = write_config(tmp_path, free_port())
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": 1, "text": "fine"}\n{"id": 2, "txt": "typo"}\n')
+    result = aistack("ingest", "--config", str(config), "--collection", "nixos_docs", str(docs))
+    assert result.returncode == 2
+    assert f"{docs}:2:" in result.stderr and "text: Field required" in result.stderr
+    assert not (tmp_path / "qdrant").exists()
+    docs.write_text('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n')
+    result = aistack("ingest", "--config", str(config), "--collection", "nixos_docs", str(docs))
+    assert result.returncode == 2 and "id 1 appears twice" in result.stderr
+    docs.write_text("not json\n")
+    result = aistack("ingest", "--config", str(config), "--collection", "nixos_docs", str(docs))
+    assert result.returncode == 2 and f"{docs}:1: not JSON" in result.stderr
+
+
+def test_gateway_port_in_use_exits_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = write_config(tmp_path, taken.getsockname()[1])
+        result = aistack("gateway", "--config", str(config))
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
+
+
+def make_certificate(directory: Path, name: str) -> tuple[Path, Path, int]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "fullchain.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file, certificate.serial_number
+
+
+def served_serial(port: int) -> int:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_sighup_reloads_tls_without_dropping_connections(tmp_path):
+    port = free_port()
+    cert_file, key_file, first = make_certificate(tmp_path, "first")
+    config = write_config(tmp_path, port, tls_cert_file=str(cert_file), tls_key_file=str(key_file))
+    gateway = Gateway(config, tmp_path)
+    try:
+        gateway.wait_ready()
+        assert served_serial(port) == first
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        # A connection opened before the reload.
+        held = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        _, _, second = make_certificate(tmp_path, "second")
+        gateway.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while served_serial(port) != second and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert served_serial(port) == second
+        held.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert held.recv(100).startswith(b"HTTP/1.1 200")
+        held.close()
+        # A pair that does not load leaves the served one in place.
+        cert_file.write_text("garbage")
+        gateway.process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert served_serial(port) == second
+    finally:
+        assert gateway.stop() == 0
+    output = gateway.output()
+    assert "event=gateway.tls_reloaded" in output
+    assert "<3>event=gateway.tls_reload_failed" in output

@@ -1,0 +1,97 @@
+"""A dependency that does not answer gets 503 with Retry-After, never a 500 or a crash,
+and the gateway recovers by itself when the dependency is back."""
+
+from __future__ import annotations
+
+import socket
+
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+
+from aistack.config import validate_config
+from aistack.embedding.remote import OpenAIEmbedder
+from aistack.stores.qdrant import VectorStore
+
+SEARCH = {"collection": "nixos_docs", "query": "configure the firewall"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def search(server):
+    async with ClientSession() as session:
+        async with session.post(server.make_url("/vector/search"), json=SEARCH) as response:
+            return response.status, await response.json(), response.headers
+
+
+def embeddings_server(model) -> web.Application:
+    """Stands in for llama.cpp/Ollama/TEI (none installs here): the same
+    POST /v1/embeddings contract, answered by the real bundled model."""
+
+    async def embeddings(request: web.Request) -> web.Response:
+        body = await request.json()
+        vectors = await model.embed_documents(body["input"])
+        return web.json_response(
+            {"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors)]}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    return app
+
+
+async def test_embedder_down_gives_503_then_recovers(gateway, embedder):
+    port = free_port()
+    config = validate_config(
+        {
+            "qdrant": {"path": "/unused"},
+            "embedding": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1"},
+        }
+    )
+    remote = await OpenAIEmbedder.open(config.embedding)
+    try:
+        server = await gateway(embed=remote)
+        status, body, headers = await search(server)
+        assert status == 503
+        assert headers["Retry-After"] == "5"
+        assert body["detail"] == "embedder is unavailable; retry later"
+        async with ClientSession() as session:
+            async with session.get(server.make_url("/readyz")) as response:
+                assert response.status == 503
+                assert "embedder: unavailable" in (await response.json())["detail"]
+
+        stand_in = TestServer(embeddings_server(embedder), host="127.0.0.1", port=port)
+        await stand_in.start_server()
+        try:
+            status, body, _ = await search(server)
+            assert status == 200
+            assert body["results"]
+        finally:
+            await stand_in.close()
+        status, _, _ = await search(server)
+        assert status == 503
+    finally:
+        await remote.close()
+
+
+async def test_qdrant_down_gives_503(gateway):
+    # No Qdrant server installs here (only local mode, which cannot go down): a server URL
+    # with nothing listening is the real failure a stopped qdrant.service produces.
+    config = validate_config({"qdrant": {"url": f"http://127.0.0.1:{free_port()}"}})
+    store = VectorStore.connect(config.qdrant)
+    try:
+        server = await gateway(store=store)
+        status, body, headers = await search(server)
+        assert status == 503
+        assert body["detail"] == "qdrant is unavailable; retry later"
+        assert headers["Retry-After"] == "5"
+        async with ClientSession() as session:
+            async with session.get(server.make_url("/metrics")) as response:
+                text = await response.text()
+        assert 'aistack_dependency_unavailable_total{dependency="qdrant"} 1.0' in text
+        assert 'status="500"' not in text
+    finally:
+        await store.close()

@@ -1,0 +1,97 @@
+"""Property tests of the search request model: it accepts exactly the documented requests."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aistack.config import ValidationConfig
+from aistack.gateway.requests import (
+    RequestRejected,
+    has_control_characters,
+    parse_request,
+    search_request_model,
+)
+
+CONFIG = ValidationConfig(max_query_chars=300, max_limit=50, max_offset=1000)
+MODEL = search_request_model(CONFIG)
+ALLOWED = frozenset({"nixos_docs", "solved_issues"})
+
+collections = st.one_of(
+    st.sampled_from(sorted(ALLOWED)), st.text(max_size=70), st.just("evil_collection")
+)
+queries = st.text(max_size=320)
+numbers = st.one_of(
+    st.integers(min_value=-5, max_value=2000), st.booleans(), st.floats(), st.text(max_size=3)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    collection=collections,
+    query=queries,
+    limit=st.one_of(st.none(), numbers),
+    offset=st.one_of(st.none(), numbers),
+)
+def test_model_accepts_exactly_the_valid_requests(collection, query, limit, offset):
+    body = {"collection": collection, "query": query}
+    if limit is not None:
+        body["limit"] = limit
+    if offset is not None:
+        body["offset"] = offset
+
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    expected_ok = (
+        collection in ALLOWED
+        and 1 <= len(query) <= 300
+        and not has_control_characters(query)
+        and (limit is None or (is_int(limit) and 1 <= limit <= 50))
+        and (offset is None or (is_int(offset) and 0 <= offset <= 1000))
+    )
+    try:
+        encoded = json.dumps(body).encode()
+    except ValueError:
+        return
+    try:
+        request = parse_request(MODEL, encoded, ALLOWED)
+    except RequestRejected as rejected:
+        assert not expected_ok, rejected
+        assert rejected.problems
+        for problem in rejected.problems:
+            # Never echoes the query back, and always names a fixed reason.
+            assert query not in problem.msg or len(query) < 4
+            assert problem.reason in {
+                "too_long",
+                "too_short",
+                "out_of_range",
+                "unknown_field",
+                "missing_field",
+                "unknown_collection",
+                "control_character",
+                "malformed_json",
+                "wrong_type",
+                "invalid",
+            }
+        return
+    assert expected_ok, body
+    assert request.limit == (limit if limit is not None else 10)
+    assert request.offset == (offset if offset is not None else 0)
+
+
+@given(st.dictionaries(st.text(max_size=10), st.integers(), min_size=1, max_size=3))
+def test_unknown_fields_are_always_refused(extra):
+    body = {"collection": "nixos_docs", "query": "q", **extra}
+    unknown = set(extra) - {"collection", "query", "limit", "offset"}
+    try:
+        parse_request(MODEL, json.dumps(body).encode(), ALLOWED)
+        accepted = True
+    except RequestRejected as rejected:
+        accepted = False
+        if unknown:
+            assert any(p.reason == "unknown_field" for p in rejected.problems)
+    if unknown:
+        assert not accepted
