@@ -7,6 +7,7 @@ import socket
 
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
+from qdrant_client import QdrantClient
 
 from aistack.config import validate_config
 from aistack.embedding.remote import OpenAIEmbedder
@@ -75,6 +76,62 @@ async def test_embedder_down_gives_503_then_recovers(gateway, embedder):
         assert status == 503
     finally:
         await remote.close()
+
+
+def qdrant_server(local: QdrantClient) -> web.Application:
+    """Stands in for a Qdrant server (none installs here: no Debian package, no PyPI wheel):
+    the three REST calls a search makes, answered by a real local-mode store."""
+
+    def result(value: object) -> web.Response:
+        return web.json_response({"result": value, "status": "ok", "time": 0.0})
+
+    async def exists(request: web.Request) -> web.Response:
+        return result({"exists": local.collection_exists(request.match_info["name"])})
+
+    async def query(request: web.Request) -> web.Response:
+        body = await request.json()
+        vector = body["query"]["nearest"] if isinstance(body["query"], dict) else body["query"]
+        found = local.query_points(
+            request.match_info["name"],
+            query=vector,
+            limit=body["limit"],
+            offset=body.get("offset") or 0,
+            with_payload=True,
+        )
+        return result({"points": [point.model_dump(mode="json") for point in found.points]})
+
+    async def count(request: web.Request) -> web.Response:
+        return result({"count": local.count(request.match_info["name"]).count})
+
+    app = web.Application()
+    app.router.add_get("/collections/{name}/exists", exists)
+    app.router.add_post("/collections/{name}/points/query", query)
+    app.router.add_post("/collections/{name}/points/count", count)
+    return app
+
+
+async def test_qdrant_down_gives_503_then_recovers(gateway, corpus_store):
+    port = free_port()
+    config = validate_config({"qdrant": {"url": f"http://127.0.0.1:{port}"}})
+    store = VectorStore.connect(config.qdrant)
+    try:
+        server = await gateway(store=store)
+        status, body, headers = await search(server)
+        assert status == 503
+        assert headers["Retry-After"] == "5"
+
+        stand_in = TestServer(qdrant_server(corpus_store.client), host="127.0.0.1", port=port)
+        await stand_in.start_server()
+        try:
+            status, body, _ = await search(server)
+            assert status == 200
+            assert body["results"] and body["total"] == 231
+        finally:
+            await stand_in.close()
+        status, _, _ = await search(server)
+        assert status == 503
+    finally:
+        await store.close()
 
 
 async def test_qdrant_down_gives_503(gateway):

@@ -93,6 +93,8 @@ async def ingest(
     await store.ensure_collection(collection, embedder.dimension)
     done = 0
     last_report = 0.0
+    # A terminal gets one line rewritten in place; a journal or a file gets one per report.
+    rewrite = progress is not None and progress.isatty()
     for batch in batches(documents):
         vectors = await embedder.embed_documents([d.text for d in batch])
         ids = [point_id(d.id) if d.id is not None else point_id(d.text) for d in batch]
@@ -103,11 +105,12 @@ async def ingest(
         if progress is not None and (now - last_report >= 1.0 or done == len(documents)):
             last_report = now
             rate = done / max(now - started, 1e-9)
-            progress.write(
-                f"\ringest: {done}/{len(documents)} documents "
+            line = (
+                f"ingest: {done}/{len(documents)} documents "
                 f"({100 * done // len(documents)}%), {rate:.0f}/s"
             )
+            progress.write(f"\r{line}" if rewrite else f"{line}\n")
             progress.flush()
-    if progress is not None and documents:
+    if progress is not None and rewrite and documents:
         progress.write("\n")
     return Loaded(done, time.monotonic() - started)

@@ -77,6 +77,11 @@ class VectorStore:
         )
         return cls(client, local=False)
 
+    @property
+    def client(self) -> QdrantClient:
+        """The underlying client, for work this class has no method for (tests, tools)."""
+        return self._client
+
     async def _run(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         try:
