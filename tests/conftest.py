@@ -90,3 +90,14 @@ async def gateway(
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+async def learning(tmp_path: Path, postgres: Any, embedder: Embedder) -> AsyncIterator[Any]:
+    """A fresh migrated database and a Qdrant store of this test's own (tests/learning.py)."""
+    from tests.learning import LearningStore
+
+    store = LearningStore(tmp_path, postgres, embedder)
+    await store.open()
+    yield store
+    await store.close()

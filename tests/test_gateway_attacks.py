@@ -407,8 +407,8 @@ async def test_healthz(gateway):
     assert status == 200 and json.loads(text) == {"status": "ok"}
 
 
-async def test_readyz_names_what_is_down(gateway, postgres):
-    up = await gateway(postgres={"dsn": postgres.dsn})
+async def test_readyz_names_what_is_down(gateway, learning):
+    up = await gateway(postgres={"dsn": learning.dsn})
     status, text, _ = await get(up, "/readyz")
     assert status == 200, text
     assert json.loads(text)["checks"] == {"postgres": "ok", "qdrant": "ok", "embedder": "ok"}

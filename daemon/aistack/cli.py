@@ -12,18 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from aistack import __version__
-from aistack.config import COLLECTION_NAME, Config, ConfigError, load_config, redacted
+from aistack.config import (
+    COLLECTION_NAME,
+    Config,
+    ConfigError,
+    load_config,
+    redact_dsn,
+    redacted,
+)
+from aistack.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Failure
 from aistack.observability.logs import EventLog, setup_logging
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = EventLog("cli")
 
 
-class Failure(Exception):
-    """A runtime failure to report in one line and exit 1."""
-
-
-def _config_argument(parser: argparse.ArgumentParser) -> None:
+def config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", required=True, metavar="FILE", help="configuration file (.toml or .json)"
     )
@@ -42,13 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser(
         "gateway", help="serve the HTTP API until SIGTERM (SIGHUP reloads TLS material)"
     )
-    _config_argument(gateway)
+    config_argument(gateway)
     gateway.set_defaults(run=run_gateway)
 
     ingest = commands.add_parser(
         "ingest", help="embed and upsert documents ({id?, text, payload?} per line)"
     )
-    _config_argument(ingest)
+    config_argument(ingest)
     ingest.add_argument("--collection", required=True, help="target collection")
     ingest.add_argument("file", metavar="FILE.jsonl", type=Path)
     ingest.set_defaults(run=run_ingest)
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser(
         "check", help="validate a configuration and print it with secrets redacted"
     )
-    _config_argument(check)
+    config_argument(check)
     check.set_defaults(run=run_config_check)
 
     demo = commands.add_parser(
@@ -71,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--dir", type=Path, default=None, help="keep the demo's data here instead of a temp dir"
     )
     demo.set_defaults(run=run_demo)
+
+    db = commands.add_parser("db", help="the PostgreSQL schema of the learning store")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    migrate = db_commands.add_parser(
+        "migrate", help="create or upgrade the schema (idempotent; safe to run at every start)"
+    )
+    config_argument(migrate)
+    migrate.set_defaults(run=run_db_migrate)
+
+    from aistack.gc.cli import register as register_gc
+
+    register_gc(commands, config_argument)
     return parser
 
 
@@ -95,14 +110,45 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
-def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:
+def run_async(coroutine: Coroutine[Any, Any, int], config: Config | None = None) -> int:
+    """Run a command's coroutine; dependency failures become one-line messages (exit 1)."""
+    import asyncpg
+
     from aistack.embedding import EmbedderError, EmbedderUnavailable
     from aistack.stores.qdrant import QdrantUnavailable, StoreLocked
+    from aistack.stores.schema import SchemaError
 
     try:
         return asyncio.run(coroutine)
     except (EmbedderError, EmbedderUnavailable, QdrantUnavailable, StoreLocked) as error:
         raise Failure(str(error)) from None
+    except SchemaError as error:
+        raise Failure(str(error)) from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        where = redact_dsn(config.postgres.dsn) if config else "PostgreSQL"
+        raise Failure(
+            f"PostgreSQL ({where}): {error.__class__.__name__}: {error}; "
+            "is it running, and does postgres.dsn point at it?"
+        ) from None
+
+
+def run_db_migrate(args: argparse.Namespace) -> int:
+    from aistack.stores.schema import LATEST, migrate
+    from aistack.stores.solutions import connection
+
+    config = _load(args)
+
+    async def apply() -> int:
+        async with connection(config.postgres) as db:
+            applied = await migrate(db)
+        if applied:
+            log.info("db.migrated", applied=",".join(map(str, applied)), version=LATEST)
+            print(f"aistack: schema migrated to version {LATEST} (applied {applied})")
+        else:
+            print(f"aistack: schema already at version {LATEST}; nothing to do")
+        return EXIT_OK
+
+    return run_async(apply(), config)
 
 
 def run_config_check(args: argparse.Namespace) -> int:
@@ -124,7 +170,7 @@ def run_gateway(args: argparse.Namespace) -> int:
             raise Failure(f"gateway: cannot listen: {error.strerror or error}") from None
         return EXIT_OK
 
-    return _run_async(gateway())
+    return run_async(gateway(), config)
 
 
 def run_ingest(args: argparse.Namespace) -> int:
@@ -164,13 +210,13 @@ def run_ingest(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
 
-    return _run_async(load())
+    return run_async(load())
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from aistack.demo.run import DemoError, run_demo_stack
 
     try:
-        return _run_async(run_demo_stack(args.listen, args.dir))
+        return run_async(run_demo_stack(args.listen, args.dir))
     except DemoError as error:
         raise Failure(str(error)) from None

@@ -5,23 +5,33 @@ Ctrl-C stops everything it started and removes what it created (unless --dir was
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from aistack.config import Config, validate_config
-from aistack.embedding import open_embedder
+from aistack.embedding import Embedder, open_embedder
 from aistack.gateway.server import serve
+from aistack.gc.job import GcBusy, run_gc
 from aistack.ingest.jsonl import ingest, read_documents
+from aistack.observability.logs import EventLog
 from aistack.stores.private_postgres import (
     PostgresNotFound,
     PostgresStartError,
     PrivatePostgres,
 )
 from aistack.stores.qdrant import VectorStore
+from aistack.stores.schema import migrate
+from aistack.stores.solutions import connection
 
 CORPUS = Path(__file__).parent / "corpus.jsonl"
+log = EventLog("demo")
+LEARN_FIRST = '{"query": "How to install vim", "solution": "pkgs.vim", "value_score": 0.8}'
+LEARN_AGAIN = '{"query": "how to install vim?", "solution": "programs.vim", "value_score": 0.9}'
+
+GC_INTERVAL_SECONDS = 600
 
 
 class DemoError(Exception):
@@ -42,6 +52,7 @@ def demo_config(directory: Path, listen: str, dsn: str) -> Config:
 def try_lines(listen: str) -> str:
     base = f"http://{listen}"
     search = "curl -s {base}/vector/search -H 'Content-Type: application/json' -d '{body}'"
+    learn = "curl -s {base}/hybrid/learn -H 'Content-Type: application/json' -d '{body}'"
     return "\n".join(
         [
             "",
@@ -64,12 +75,28 @@ def try_lines(listen: str) -> str:
                 base=base,
                 body='{"collection": "nixos_docs", "query": "x", "limit": 1000000}',
             ),
+            "  # the learning store: a solution, then a near-copy merged into it",
+            "  " + learn.format(base=base, body=LEARN_FIRST),
+            "  " + learn.format(base=base, body=LEARN_AGAIN),
             f"  curl -s {base}/readyz",
             f"  curl -s {base}/metrics | grep -E '^aidb_|^aistack_rate'",
             f"  curl -sI {base}/healthz | grep -i ratelimit",
             "",
         ]
     )
+
+
+async def collect_garbage(config: Config, store: VectorStore, embedder: Embedder) -> None:
+    """A GC pass every GC_INTERVAL_SECONDS, as aistack-gc.timer would run one."""
+    while True:
+        await asyncio.sleep(GC_INTERVAL_SECONDS)
+        try:
+            await run_gc(config, store, embedder, progress=None)
+        except GcBusy:
+            continue
+        except Exception:
+            # The demo keeps serving; the next pass tries again.
+            log.exception("demo.gc_failed")
 
 
 async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
@@ -86,6 +113,8 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
         except (PostgresNotFound, PostgresStartError) as error:
             raise DemoError(str(error)) from None
         config = demo_config(directory, listen, postgres.dsn)
+        async with connection(config.postgres) as db:
+            await migrate(db)
         print("aistack demo: loading the embedding model", file=sys.stderr)
         embedder = await open_embedder(config.embedding)
         store = VectorStore.connect(config.qdrant)
@@ -97,6 +126,8 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
             )
             await ingest(documents, "nixos_docs", embedder, store)
             print(try_lines(listen), file=sys.stderr)
+            # Local mode admits one process, so the GC runs here rather than as its own.
+            collector = asyncio.create_task(collect_garbage(config, store, embedder))
             try:
                 await serve(config, embedder=embedder, store=store)
             except OSError as error:
@@ -104,6 +135,10 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
                     f"cannot listen on {listen}: {error.strerror or error} "
                     "(is another demo running? try --listen 127.0.0.1:8081)"
                 ) from None
+            finally:
+                collector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collector
         finally:
             await store.close()
             await embedder.close()

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from aistack.config import Config
 from aistack.embedding import Embedder, open_embedder
-from aistack.gateway import handlers
+from aistack.gateway import handlers, learn
 from aistack.gateway.access import load_access
 from aistack.gateway.bodies import defer_continue
 from aistack.gateway.metrics import GatewayMetrics
@@ -70,6 +70,7 @@ def create_app(
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/vector/search", handlers.search, expect_handler=defer_continue)
+    app.router.add_post("/hybrid/learn", learn.learn, expect_handler=defer_continue)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
@@ -88,6 +89,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         state.store = VectorStore.connect(state.config.qdrant)
     state.totals = CollectionTotals(state.store)
     state.pool = await postgres.open_pool(state.config.postgres)
+    try:
+        await postgres.refuse_wrong_schema(state.pool)
+    except BaseException:
+        await state.pool.close()
+        raise
     try:
         yield
     finally:

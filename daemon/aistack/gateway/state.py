@@ -63,6 +63,7 @@ class GatewayState:
     store: VectorStore | None = None
     pool: asyncpg.Pool | None = None
     totals: CollectionTotals | None = None
+    learn_collection_ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
 

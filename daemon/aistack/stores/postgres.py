@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncpg
 
 from aistack.config import PostgresConfig, read_secret
+from aistack.observability.logs import EventLog
+from aistack.stores.schema import SchemaError, require_current
+
+log = EventLog("postgres")
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class PostgresUnavailable(Exception):
@@ -20,9 +25,23 @@ async def open_pool(config: PostgresConfig, max_size: int = 10) -> asyncpg.Pool:
     )
 
 
+async def refuse_wrong_schema(pool: asyncpg.Pool, seconds: float = 5.0) -> None:
+    """Raise SchemaError when PostgreSQL answers with a schema this aistack cannot use.
+
+    PostgreSQL not answering yet is no reason to refuse: readiness reports it until it does.
+    """
+    try:
+        async with pool.acquire(timeout=seconds) as connection:
+            await require_current(connection)
+    except CONNECTION_ERRORS as error:
+        log.warning("postgres.unavailable_at_start", error=f"{error.__class__.__name__}: {error}")
+
+
 async def check(pool: asyncpg.Pool, seconds: float = 2.0) -> None:
     try:
         async with pool.acquire(timeout=seconds) as connection:
-            await connection.fetchval("SELECT 1", timeout=seconds)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            await require_current(connection)
+    except SchemaError as error:
+        raise PostgresUnavailable(str(error)) from error
+    except CONNECTION_ERRORS as error:
         raise PostgresUnavailable(f"{error.__class__.__name__}: {error}") from error

@@ -121,7 +121,19 @@ class PrivatePostgres:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        return self.dsn_of(DATABASE)
+
+    def dsn_of(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database on this server; returns its DSN."""
+        result = self._run(
+            "createdb", "-h", str(self.directory), "-p", str(self.port), "-U", "postgres", name
+        )
+        if result.returncode != 0:
+            raise PostgresStartError(f"createdb {name} failed: {result.stderr.strip()}")
+        return self.dsn_of(name)
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         assert self._bindir is not None

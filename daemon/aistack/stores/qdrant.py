@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qdrant_client import QdrantClient, models
@@ -29,6 +30,13 @@ class QdrantUnavailable(Exception):
 
 class StoreLocked(Exception):
     """A local-mode store that another process holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    id: int | str
+    payload: dict[str, Any]
+    vector: list[float] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +60,10 @@ def point_id(value: object) -> int | str:
 
 
 class VectorStore:
-    def __init__(self, client: QdrantClient, local: bool) -> None:
+    def __init__(self, client: QdrantClient, local: bool, local_path: str | None = None) -> None:
         self._client = client
         self.local = local
+        self.local_path = local_path
         # Local mode is one in-process store that is not safe to call from two threads.
         self._executor = ThreadPoolExecutor(1 if local else 8, thread_name_prefix="aistack-qdrant")
 
@@ -70,7 +79,7 @@ class VectorStore:
                         "(local mode admits one): stop it, or use a Qdrant server (qdrant.url)"
                     ) from None
                 raise
-            return cls(client, local=True)
+            return cls(client, local=True, local_path=config.path)
         api_key = read_secret(config.api_key_file) if config.api_key_file else None
         client = QdrantClient(
             url=config.url, api_key=api_key, timeout=10, check_compatibility=False
@@ -140,6 +149,87 @@ class VectorStore:
             return [Hit(_plain_id(p.id), p.score, p.payload or {}) for p in response.points]
 
         return await self._run(query)
+
+    async def nearest(self, name: str, vector: Sequence[float], threshold: float) -> Hit | None:
+        """The closest point at or above `threshold` (cosine), if any."""
+
+        def query() -> Hit | None:
+            if not self._client.collection_exists(name):
+                return None
+            response = self._client.query_points(
+                name, query=list(vector), limit=1, score_threshold=threshold, with_payload=True
+            )
+            points = response.points
+            if not points:
+                return None
+            return Hit(_plain_id(points[0].id), points[0].score, points[0].payload or {})
+
+        return await self._run(query)
+
+    async def set_payload(self, name: str, point: int | str, payload: dict[str, Any]) -> None:
+        await self._run(
+            lambda: self._client.set_payload(name, payload=payload, points=[point], wait=True)
+        )
+
+    async def delete(self, name: str, ids: Sequence[int | str]) -> None:
+        if not ids:
+            return
+
+        def delete() -> None:
+            if self._client.collection_exists(name):
+                self._client.delete(
+                    name, points_selector=models.PointIdsList(points=list(ids)), wait=True
+                )
+
+        await self._run(delete)
+
+    async def scroll(
+        self, name: str, *, with_vectors: bool, batch: int = 2048
+    ) -> AsyncIterator[list[StoredPoint]]:
+        """Every point of the collection, a batch at a time (ids ascending on a server)."""
+        if not await self.collection_exists(name):
+            return
+        offset: int | str | None = None
+        while True:
+
+            def page(start: int | str | None = offset) -> tuple[list[StoredPoint], Any]:
+                points, next_offset = self._client.scroll(
+                    name,
+                    limit=batch,
+                    offset=start,
+                    with_payload=True,
+                    with_vectors=with_vectors,
+                )
+                return [
+                    StoredPoint(
+                        _plain_id(p.id),
+                        p.payload or {},
+                        p.vector if isinstance(p.vector, list) else None,  # type: ignore[arg-type]
+                    )
+                    for p in points
+                ], next_offset
+
+            points, offset = await self._run(page)
+            if points:
+                yield points
+            if offset is None:
+                return
+
+    async def storage_bytes(self, name: str) -> int:
+        """Disk used by one collection: measured in local mode, estimated on a server
+        (Qdrant's API does not report it): vectors as float32 plus a payload allowance."""
+
+        def measure() -> int:
+            if not self._client.collection_exists(name):
+                return 0
+            if self.local_path is not None:
+                directory = Path(self.local_path) / "collection" / name
+                return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+            info = self._client.get_collection(name)
+            points = info.points_count or 0
+            return points * ((_vector_size(info) or 0) * 4 + 128)
+
+        return await self._run(measure)
 
     async def count(self, name: str) -> int:
         def count() -> int:

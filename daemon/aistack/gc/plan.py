@@ -1,0 +1,235 @@
+"""What one GC pass removes, decided before anything is removed.
+
+A dry run prints this plan; a real run carries out this same plan, so the two agree by
+construction. Policies apply in order (expiry, pruning, deduplication), each to the rows
+the earlier ones left.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from aistack.config import GcConfig
+from aistack.gc import duplicates, policies
+from aistack.stores.qdrant import VectorStore
+from aistack.stores.solutions import COLLECTION, payload_created_at
+
+ROW_CHUNK = 50_000
+IdArray = npt.NDArray[np.int64]
+
+
+@dataclass
+class Plan:
+    expired: list[int] = field(default_factory=list)
+    pruned: list[int] = field(default_factory=list)
+    duplicate: list[int] = field(default_factory=list)
+    duplicate_of: dict[int, int] = field(default_factory=dict)
+    orphan_points: list[int | str] = field(default_factory=list)
+    rows_without_points: list[int] = field(default_factory=list)
+    archive_purge: int = 0
+    pending_points: int = 0
+    rows: int = 0
+    full_scan: bool = True
+    checked_through_id: int = 0
+
+    def removals(self) -> list[tuple[str, list[int]]]:
+        return [("expired", self.expired), ("pruned", self.pruned), ("duplicate", self.duplicate)]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "rows": self.rows,
+            "expired": len(self.expired),
+            "pruned": len(self.pruned),
+            "duplicate": len(self.duplicate),
+            "orphan_points": len(self.orphan_points),
+            "rows_without_points": len(self.rows_without_points),
+            "archive_purge": self.archive_purge,
+            "pending_points": self.pending_points,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts(),
+            "full_scan": self.full_scan,
+            "expired": self.expired,
+            "pruned": self.pruned,
+            "duplicate": [
+                {"id": row, "duplicate_of": self.duplicate_of[row]} for row in self.duplicate
+            ],
+            "orphan_points": self.orphan_points,
+            "rows_without_points": self.rows_without_points,
+        }
+
+
+@dataclass
+class Rows:
+    """Every row of the store as arrays, ascending by id."""
+
+    ids: IdArray
+    scores: npt.NDArray[np.float64]
+    created: npt.NDArray[np.float64]  # epoch seconds
+
+
+async def load_rows(connection: asyncpg.Connection) -> Rows:
+    ids: list[IdArray] = []
+    scores: list[npt.NDArray[np.float64]] = []
+    created: list[npt.NDArray[np.float64]] = []
+    last = -1
+    while True:
+        # Keyset chunks: memory stays bounded by the chunk, each query starts where the
+        # last one stopped.
+        records = await connection.fetch(
+            "SELECT id, value_score, extract(epoch FROM created_at)::float8 AS created"
+            " FROM solved_issues WHERE id > $1 ORDER BY id LIMIT $2",
+            last,
+            ROW_CHUNK,
+        )
+        if not records:
+            break
+        ids.append(np.fromiter((r["id"] for r in records), np.int64, len(records)))
+        scores.append(np.fromiter((r["value_score"] for r in records), np.float64, len(records)))
+        created.append(np.fromiter((r["created"] for r in records), np.float64, len(records)))
+        last = int(ids[-1][-1])
+    if not ids:
+        return Rows(np.empty(0, np.int64), np.empty(0), np.empty(0))
+    return Rows(np.concatenate(ids), np.concatenate(scores), np.concatenate(created))
+
+
+async def select_expired(
+    connection: asyncpg.Connection, config: GcConfig, now: datetime.datetime
+) -> list[int]:
+    records = await connection.fetch(
+        "SELECT id FROM solved_issues WHERE created_at < $1 AND value_score < $2 ORDER BY id",
+        policies.expiry_cutoff(config, now),
+        config.min_value_score,
+    )
+    return [r["id"] for r in records]
+
+
+async def select_pruned(
+    connection: asyncpg.Connection, config: GcConfig, now: datetime.datetime, remaining: int
+) -> list[int]:
+    count = policies.prune_count(remaining, config)
+    if count == 0:
+        return []
+    records = await connection.fetch(
+        "SELECT id FROM solved_issues"
+        " WHERE NOT (created_at < $1 AND value_score < $2) AND created_at < $3"
+        " ORDER BY value_score, created_at, id LIMIT $4",
+        policies.expiry_cutoff(config, now),
+        config.min_value_score,
+        policies.prune_protected_after(now),
+        count,
+    )
+    return sorted(r["id"] for r in records)
+
+
+@dataclass
+class Points:
+    """What Qdrant holds for the surviving rows, and what it holds that no row explains."""
+
+    vectors: npt.NDArray[np.float32]  # one row per survivor; zero where the point is missing
+    present: npt.NDArray[np.bool_]
+    orphans: list[int | str]
+
+
+async def load_points(
+    store: VectorStore,
+    explained: IdArray,
+    survivors: IdArray,
+    dimension: int,
+    orphan_cutoff: float,
+) -> Points:
+    vectors = np.zeros((survivors.size, dimension), dtype=np.float32)
+    present = np.zeros(survivors.size, dtype=bool)
+    orphans: list[int | str] = []
+    async for page in store.scroll(COLLECTION, with_vectors=True):
+        for point in page:
+            if isinstance(point.id, int):
+                where = int(np.searchsorted(survivors, point.id))
+                if where < survivors.size and survivors[where] == point.id:
+                    if point.vector is not None and len(point.vector) == dimension:
+                        vectors[where] = point.vector
+                        present[where] = True
+                    continue
+                known = int(np.searchsorted(explained, point.id))
+                if known < explained.size and explained[known] == point.id:
+                    continue  # a row this run removes anyway, or one being finished
+            stamp = payload_created_at(point.payload)
+            if stamp is None or stamp.timestamp() < orphan_cutoff:
+                orphans.append(point.id)
+    return Points(vectors, present, orphans)
+
+
+async def dedup_state(connection: asyncpg.Connection) -> tuple[int, float] | None:
+    record = await connection.fetchrow("SELECT checked_through_id, similarity FROM gc_dedup_state")
+    return None if record is None else (record["checked_through_id"], record["similarity"])
+
+
+async def make_plan(
+    connection: asyncpg.Connection,
+    store: VectorStore,
+    config: GcConfig,
+    dimension: int,
+    now: datetime.datetime,
+    *,
+    full_scan: bool = False,
+    orphan_cleanup: bool | None = None,
+) -> Plan:
+    plan = Plan()
+    plan.archive_purge = await connection.fetchval(
+        "SELECT count(*) FROM solved_issues_archive WHERE archived_at < $1",
+        policies.archive_cutoff(config, now),
+    )
+    pending = await connection.fetch(
+        "SELECT id FROM solved_issues_archive WHERE NOT point_removed ORDER BY id"
+    )
+    plan.pending_points = len(pending)
+    rows = await load_rows(connection)
+    plan.rows = int(rows.ids.size)
+    plan.expired = await select_expired(connection, config, now)
+    plan.pruned = await select_pruned(connection, config, now, plan.rows - len(plan.expired))
+    gone = np.asarray(plan.expired + plan.pruned, dtype=np.int64)
+    keep = ~np.isin(rows.ids, gone)
+    survivors = rows.ids[keep]
+
+    cutoff = policies.orphan_cutoff(now).timestamp()
+    # Rows still in the store and rows archived with their point still in Qdrant (a run
+    # finishes those first) explain their points; any other point is an orphan.
+    explained = np.union1d(rows.ids, np.fromiter((r["id"] for r in pending), np.int64))
+    points = await load_points(store, explained, survivors, dimension, cutoff)
+    if orphan_cleanup if orphan_cleanup is not None else config.orphan_cleanup:
+        plan.orphan_points = points.orphans
+        young = rows.created[keep] >= cutoff
+        plan.rows_without_points = survivors[~points.present & ~young].tolist()
+
+    state = await dedup_state(connection)
+    plan.full_scan = full_scan or state is None or state[1] != config.deduplicate_similarity
+    checked_through = -1 if plan.full_scan or state is None else state[0]
+    plan.checked_through_id = int(rows.ids[-1]) if rows.ids.size else max(checked_through, 0)
+
+    # Deduplicate the survivors that have a vector; ids ascend, so new rows come last.
+    usable = points.present
+    ids = survivors[usable]
+    # Qdrant stores cosine vectors normalised already; normalising again is cheap, and
+    # copying 100k x 384 floats is not, so the copy happens only when points are missing.
+    matrix = points.vectors if usable.all() else points.vectors[usable]
+    duplicates.normalise_in_place(matrix)
+    first_new = int(np.searchsorted(ids, checked_through, side="right"))
+    pairs = list(
+        duplicates.similar_pairs(matrix, config.deduplicate_similarity, first_new=first_new)
+    )
+    choice = duplicates.choose_survivors(
+        rows.scores[keep][usable], rows.created[keep][usable], ids, pairs
+    )
+    removed = ids[choice.removed].tolist()
+    kept_for = ids[choice.kept_for].tolist()
+    plan.duplicate_of = dict(zip(removed, kept_for, strict=True))
+    plan.duplicate = sorted(removed)
+    return plan

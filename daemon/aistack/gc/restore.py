@@ -1,0 +1,116 @@
+"""`aistack gc restore`: put archived rows back, with their points.
+
+Points first, then rows: the points are written (the query embedded again with the same
+model), then one transaction moves the rows from the archive back into the store. A crash
+between leaves points whose rows are still archived; the next GC pass removes those as
+pending, and the restore can simply be run again. Holds the GC lock, so no pass runs
+meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from aistack.config import Config
+from aistack.embedding import Embedder
+from aistack.gc.job import LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, Progress, try_lock
+from aistack.gc.policies import batches
+from aistack.observability.logs import EventLog
+from aistack.stores.qdrant import VectorStore
+from aistack.stores.schema import require_current
+from aistack.stores.solutions import COLLECTION, COLUMNS, connection, point_payload
+
+log = EventLog("gc")
+REASONS = ("expired", "pruned", "duplicate")
+
+
+class NothingToRestore(Exception):
+    """The selection matches no archived row."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    run_id: int | None = None
+    since: datetime.datetime | None = None
+    reason: str | None = None
+
+    def where(self) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        values: list[object] = []
+        if self.run_id is not None:
+            values.append(self.run_id)
+            clauses.append(f"run_id = ${len(values)}")
+        if self.since is not None:
+            values.append(self.since)
+            clauses.append(f"archived_at >= ${len(values)}")
+        if self.reason is not None:
+            values.append(self.reason)
+            clauses.append(f"reason = ${len(values)}")
+        return " AND ".join(clauses) or "true", values
+
+    def describe(self) -> str:
+        parts = []
+        if self.run_id is not None:
+            parts.append(f"run {self.run_id}")
+        if self.since is not None:
+            parts.append(f"archived since {self.since.isoformat()}")
+        if self.reason is not None:
+            parts.append(f"reason {self.reason}")
+        return ", ".join(parts)
+
+
+async def restore(
+    config: Config,
+    store: VectorStore,
+    embedder: Embedder,
+    selection: Selection,
+    progress: TextIO | None = sys.stderr,
+) -> int:
+    """Restore the selected archived rows; return how many came back."""
+    report = Progress(progress)
+    async with connection(
+        config.postgres, statement_timeout_ms=STATEMENT_TIMEOUT_MS, lock_timeout_ms=LOCK_TIMEOUT_MS
+    ) as db:
+        await require_current(db)
+        await try_lock(db)
+        where, values = selection.where()
+        ids = [
+            record["id"]
+            for record in await db.fetch(
+                f"SELECT id FROM solved_issues_archive WHERE {where} ORDER BY id", *values
+            )
+        ]
+        if not ids:
+            raise NothingToRestore(f"no archived rows match {selection.describe()}")
+        await store.ensure_collection(COLLECTION, embedder.dimension)
+        restored = 0
+        for batch in batches(ids, 256):
+            records = await db.fetch(
+                f"SELECT {COLUMNS} FROM solved_issues_archive WHERE id = ANY($1::bigint[])"
+                " ORDER BY id",
+                batch,
+            )
+            vectors = await embedder.embed_documents([r["query"] for r in records])
+            await store.upsert(
+                COLLECTION,
+                [r["id"] for r in records],
+                vectors,
+                [point_payload(r["value_score"], r["created_at"]) for r in records],
+            )
+            async with db.transaction():
+                await db.execute(
+                    f"INSERT INTO solved_issues ({COLUMNS}) OVERRIDING SYSTEM VALUE"
+                    f" SELECT {COLUMNS} FROM solved_issues_archive WHERE id = ANY($1::bigint[])"
+                    " ON CONFLICT (id) DO NOTHING",
+                    batch,
+                )
+                await db.execute(
+                    "DELETE FROM solved_issues_archive WHERE id = ANY($1::bigint[])", batch
+                )
+            restored += len(records)
+            report.report("restored", restored, len(ids))
+        log.info("gc.restored", rows=restored, selection=selection.describe())
+        return restored
