@@ -284,3 +284,42 @@ def test_a_1gb_upload_does_not_grow_the_gateway(tmp_path):
     finally:
         gateway.stop()
     assert after - before < 16 << 20, f"RSS grew by {(after - before) >> 20} MiB"
+
+
+def test_demo_serves_then_ctrl_c_leaves_nothing_behind(tmp_path):
+    port = free_port()
+    log = open(tmp_path / "demo.log", "w+")  # noqa: SIM115
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "aistack", "demo", "--listen", f"127.0.0.1:{port}"],
+        stderr=log,
+        stdout=log,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while "gateway.started" not in Path(log.name).read_text():
+            assert demo.poll() is None, Path(log.name).read_text()
+            assert time.monotonic() < deadline, "demo did not start in 240 s"
+            time.sleep(0.5)
+        printed = Path(log.name).read_text()
+        assert f"curl -s http://127.0.0.1:{port}/vector/search" in printed
+        answer = search(port, "install")
+        assert answer["total"] == 231 and answer["results"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/hybrid/learn",
+            data=json.dumps({"query": "q", "solution": "s", "value_score": 0.5}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 201
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        log.close()
+    printed = Path(log.name).read_text()
+    assert "aistack demo: stopped" in printed
+    directory = printed.split("starting PostgreSQL in ", 1)[1].split()[0]
+    assert not Path(directory).exists()
+    leftovers = subprocess.run(["pgrep", "-f", directory], capture_output=True, text=True)
+    assert leftovers.stdout == "", f"still running: {leftovers.stdout}"

@@ -60,11 +60,13 @@ class RunResult:
 
 
 class Progress:
-    """One line per second at most on long work, for a terminal or a journal."""
+    """One line per second at most on long work, for a terminal or a journal; and the
+    longest batch transaction, which is how long a batch held its row locks."""
 
     def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
         self._last = 0.0
+        self.batch_seconds: list[float] = []
 
     def report(self, what: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -171,6 +173,8 @@ async def _carry_out(
     done["orphan_points"] = len(plan.orphan_points)
     done["vectors_cleaned"] += len(plan.orphan_points)
     done["reembedded"] = await embed_again(db, store, embedder, plan.rows_without_points)
+    done["batches"] = len(progress.batch_seconds)
+    done["longest_batch_ms"] = round(1000 * max(progress.batch_seconds, default=0.0))
     await db.execute(
         "INSERT INTO gc_dedup_state (checked_through_id, similarity) VALUES ($1, $2)"
         " ON CONFLICT (singleton) DO UPDATE"
@@ -194,6 +198,7 @@ async def archive_and_delete(
     moved = 0
     for batch in policies.batches(ids, batch_size):
         merged = [duplicate_of.get(row) for row in batch]
+        began = time.perf_counter()
         async with db.transaction():
             # Archive and delete in one statement and one transaction: a row is either
             # in the store or in the archive, whatever instant the process dies at.
@@ -209,6 +214,7 @@ async def archive_and_delete(
                 reason,
                 merged,
             )
+        progress.batch_seconds.append(time.perf_counter() - began)
         gone_ids = [record["id"] for record in gone]
         failpoint("gc.after_commit")
         await store.delete(COLLECTION, gone_ids)
