@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     from aistack.gc.cli import register as register_gc
 
     register_gc(commands, config_argument)
+
+    from aistack.acme.cli import register as register_acme
+
+    register_acme(commands, config_argument)
     return parser
 
 

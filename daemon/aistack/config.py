@@ -31,6 +31,7 @@ RATE_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 RATE_WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 WHITESPACE_RUN = re.compile(r"\s+")
 HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 
 class ConfigError(Exception):
@@ -235,6 +236,8 @@ class GcConfig(Section):
 class AcmeConfig(Section):
     domains: list[str] = Field(default_factory=list)
     email: str = ""
+    # The CA's terms of service must be agreed to explicitly (NixOS: acceptTerms).
+    accept_terms: bool = False
     directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
     staging: bool = False
     key_type: Literal["ec256", "ec384", "rsa2048", "rsa4096"] = "ec256"
@@ -276,6 +279,20 @@ class AcmeConfig(Section):
     def _http_address(cls, value: str) -> str:
         parse_listen_address(value)
         return value
+
+    @model_validator(mode="after")
+    def _eab_pair(self) -> AcmeConfig:
+        if bool(self.eab_kid) != bool(self.eab_hmac_key_file):
+            raise ValueError("set both eab_kid and eab_hmac_key_file, or neither")
+        return self
+
+    @property
+    def certificate_name(self) -> str:
+        return self.domains[0].lower().removeprefix("*.") if self.domains else ""
+
+    @property
+    def directory(self) -> str:
+        return STAGING_DIRECTORY if self.staging else self.directory_url
 
 
 class Config(Section):

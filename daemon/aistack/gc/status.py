@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from aistack.observability.textfile import render, write_textfile
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.solutions import COLLECTION
 
@@ -158,25 +156,11 @@ class FiguresCollector(Collector):
 
 
 def metrics_text(figures: GcFigures) -> bytes:
-    registry = CollectorRegistry()
-    registry.register(FiguresCollector(figures))
-    return generate_latest(registry)
+    return render(FiguresCollector(figures))
 
 
 def write_metrics_file(path: Path, figures: GcFigures) -> None:
-    """Replace `path` atomically (write, fsync, rename): a scrape never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(metrics_text(figures))
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_textfile(path, FiguresCollector(figures))
 
 
 def format_status(figures: GcFigures) -> str:

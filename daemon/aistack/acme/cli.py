@@ -1,0 +1,101 @@
+"""`aistack acme renew | status`: the ACME client's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aistack.config import load_config
+from aistack.errors import EXIT_FAILURE, EXIT_OK
+
+
+def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser], None]) -> None:
+    acme = commands.add_parser("acme", help="TLS certificates from an ACME CA (Let's Encrypt)")
+    acme_commands = acme.add_subparsers(dest="acme_command", required=True)
+
+    renew = acme_commands.add_parser(
+        "renew",
+        help="issue or renew the certificate when due; exit 0 also when nothing was due",
+        description="Prints one line per certificate: NAME renewed|not-due|waiting|failed. "
+        "A line 'changed NAME' on stdout says consumers (nginx, the gateway) must reload.",
+    )
+    config_argument(renew)
+    renew.add_argument("--force", action="store_true", help="renew now, due or not")
+    renew.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="FILE",
+        help="write the certificate's Prometheus figures here (node_exporter textfile)",
+    )
+    renew.set_defaults(run=run_renew)
+
+    placeholder = acme_commands.add_parser(
+        "placeholder",
+        help="put a self-signed placeholder where the certificate goes, if none is there yet",
+    )
+    config_argument(placeholder)
+    placeholder.set_defaults(run=run_placeholder)
+
+    status = acme_commands.add_parser(
+        "status", help="per certificate: expiry, next renewal, last error"
+    )
+    config_argument(status)
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--metrics-file", type=Path, metavar="FILE", help="also write the Prometheus figures"
+    )
+    status.set_defaults(run=run_status)
+
+
+def _write_metrics(config: Any, path: Path | None) -> None:
+    if path is None:
+        return
+    from aistack.acme.status import certificate_status, write_metrics_file
+
+    write_metrics_file(path, certificate_status(config))
+
+
+def run_renew(args: argparse.Namespace) -> int:
+    from aistack.acme.renew import check_config, renew
+
+    config = load_config(args.config).acme
+    check_config(config)
+    try:
+        outcome = renew(config, force=args.force)
+    finally:
+        _write_metrics(config, args.metrics_file)
+    print(outcome.line(), file=sys.stderr)
+    if outcome.changed:
+        print(f"changed {outcome.name}")
+    return EXIT_FAILURE if outcome.action in ("failed", "waiting") else EXIT_OK
+
+
+def run_placeholder(args: argparse.Namespace) -> int:
+    from aistack.acme.renew import check_config, ensure_placeholder
+
+    config = load_config(args.config).acme
+    check_config(config)
+    made = ensure_placeholder(config)
+    print(
+        f"{config.certificate_name}: "
+        + ("placeholder installed" if made else "a certificate is already in place"),
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from aistack.acme.renew import check_config
+    from aistack.acme.status import certificate_status, format_status, write_metrics_file
+
+    config = load_config(args.config).acme
+    check_config(config)
+    status = certificate_status(config)
+    if args.metrics_file:
+        write_metrics_file(args.metrics_file, status)
+    print(json.dumps(status.as_json(), indent=2) if args.json else format_status(status))
+    return EXIT_OK

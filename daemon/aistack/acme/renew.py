@@ -1,0 +1,261 @@
+"""`aistack acme renew`: decide, and if due, issue and install; never lose the old pair.
+
+A failed attempt leaves the installed certificate as it was, is counted, logged with the
+CA's problem document and kept in `state_dir/<name>.json` for `aistack acme status` and
+the metrics. Attempts back off (1 h, 2 h, 4 h ... up to a day, or the CA's Retry-After if
+longer) so a broken setup does not hammer the CA's rate limits.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from acme import errors, messages
+
+from aistack.acme import certfiles, keys
+from aistack.acme.challenges import ChallengeSetupError, open_responder
+from aistack.acme.due import Due, decide
+from aistack.acme.protocol import AcmeClient, AcmeFailure, problem_of
+from aistack.config import AcmeConfig, ConfigError
+from aistack.observability.logs import EventLog
+
+log = EventLog("acme")
+ATTEMPTS_PER_RUN = 3
+RETRY_PAUSE_SECONDS = 2.0
+LONGEST_PAUSE_IN_RUN = 30.0
+BACKOFF_FIRST = datetime.timedelta(hours=1)
+BACKOFF_MAX = datetime.timedelta(days=1)
+
+
+@dataclass
+class CertificateState:
+    last_attempt: str | None = None
+    last_success: str | None = None
+    last_error: dict[str, Any] | None = None
+    consecutive_failures: int = 0
+    failures_total: int = 0
+    renewals_total: int = 0
+    next_attempt: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> CertificateState:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        known = {key: data[key] for key in cls.__dataclass_fields__ if key in data}
+        return cls(**known)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys.write_private(path, json.dumps(asdict(self), indent=2).encode())
+
+
+def state_path(config: AcmeConfig) -> Path:
+    return Path(config.state_dir) / f"{config.certificate_name}.json"
+
+
+@dataclass
+class Outcome:
+    name: str
+    action: str  # renewed | not-due | waiting | failed | placeholder
+    due: Due
+    changed: bool = False
+    error: str | None = None
+    problem: dict[str, Any] | None = None
+    not_after: datetime.datetime | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        parts = [self.name, self.action]
+        if self.not_after:
+            parts.append(f"expires {self.not_after:%Y-%m-%dT%H:%M:%SZ}")
+        if self.action == "not-due" and self.due.renew_at:
+            parts.append(f"renews from {self.due.renew_at:%Y-%m-%dT%H:%M:%SZ}")
+        elif self.action != "not-due":
+            parts.append(f"({self.due.reason})")
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return " ".join(parts)
+
+
+def backoff(consecutive_failures: int, retry_after: float | None) -> datetime.timedelta:
+    pause = min(BACKOFF_FIRST * 2 ** max(0, consecutive_failures - 1), BACKOFF_MAX)
+    if retry_after is not None:
+        pause = max(pause, datetime.timedelta(seconds=retry_after))
+    return pause
+
+
+def ensure_placeholder(config: AcmeConfig) -> bool:
+    """Stand a self-signed pair where the certificate goes, if nothing stands there."""
+    cert_dir = Path(config.cert_dir)
+    if certfiles.read_installed(cert_dir, config.certificate_name) is not None:
+        return False
+    fullchain, key_pem = certfiles.make_placeholder(config.domains, config.key_type)
+    certfiles.install(cert_dir, config.certificate_name, fullchain, key_pem)
+    log.info("acme.placeholder_installed", certificate=config.certificate_name)
+    return True
+
+
+def check_config(config: AcmeConfig) -> None:
+    if not config.domains:
+        raise ConfigError("acme.domains is empty: name at least one domain")
+
+
+def renew(
+    config: AcmeConfig, *, force: bool = False, now: datetime.datetime | None = None
+) -> Outcome:
+    check_config(config)
+    now = now or datetime.datetime.now(datetime.UTC)
+    name = config.certificate_name
+    cert_dir = Path(config.cert_dir)
+    ensure_placeholder(config)
+    installed = certfiles.read_installed(cert_dir, name)
+    state = CertificateState.load(state_path(config))
+
+    offline = decide(
+        installed, config.domains, config.key_type, config.renew_before_days, now, force=force
+    )
+    try:
+        acme = AcmeClient(config, Path(config.state_dir))
+    except AcmeFailure as failure:
+        if not offline.due:
+            # The CA being unreachable on a day nothing is due is no failure.
+            log.warning("acme.directory_unreachable", certificate=name, error=str(failure))
+            return Outcome(name, "not-due", offline, not_after=_not_after(installed))
+        return _failed(config, state, offline, failure, now, installed)
+
+    due = offline
+    if installed is not None and not installed.placeholder and not force and not offline.due:
+        window = acme.renewal_window((installed.path / "cert.pem").read_bytes())
+        if window is not None:
+            due = decide(
+                installed,
+                config.domains,
+                config.key_type,
+                config.renew_before_days,
+                now,
+                ari_window=window,
+            )
+    if not due.due:
+        log.info("acme.not_due", certificate=name, renew_at=_stamp(due.renew_at))
+        return Outcome(name, "not-due", due, not_after=_not_after(installed))
+    if (
+        not force
+        and state.next_attempt
+        and now < datetime.datetime.fromisoformat(state.next_attempt)
+    ):
+        log.warning("acme.backing_off", certificate=name, next_attempt=state.next_attempt)
+        return Outcome(
+            name,
+            "waiting",
+            due,
+            error=f"failed {state.consecutive_failures} times; next attempt "
+            f"at {state.next_attempt} (--force tries now)",
+            not_after=_not_after(installed),
+        )
+
+    log.info("acme.renewing", certificate=name, reason=due.reason)
+    try:
+        fullchain, key_pem = _issue_with_retries(acme, config)
+    except AcmeFailure as failure:
+        return _failed(config, state, due, failure, now, installed)
+    certfiles.install(cert_dir, name, fullchain, key_pem)
+    fresh = certfiles.read_installed(cert_dir, name)
+    assert fresh is not None
+    state.last_attempt = state.last_success = now.isoformat()
+    state.last_error = None
+    state.consecutive_failures = 0
+    state.next_attempt = None
+    state.renewals_total += 1
+    state.save(state_path(config))
+    log.info(
+        "acme.renewed",
+        certificate=name,
+        serial=f"{fresh.certificate.serial_number:x}",
+        not_after=_stamp(fresh.not_after),
+    )
+    return Outcome(name, "renewed", due, changed=True, not_after=fresh.not_after)
+
+
+def _issue_with_retries(acme: AcmeClient, config: AcmeConfig) -> tuple[str, bytes]:
+    attempt = 0
+    while True:
+        attempt += 1
+        key_pem = keys.to_pem(keys.generate(config.key_type))
+        try:
+            acme.register()
+            responder = open_responder(config)
+            try:
+                return acme.issue(config.domains, key_pem, responder), key_pem
+            finally:
+                responder.close()
+        except ChallengeSetupError as error:
+            raise AcmeFailure(str(error), retryable=False) from None
+        except messages.Error as error:
+            failure = AcmeFailure(
+                f"the CA answered {error.typ}: {error.detail}",
+                problem_of(error),
+                acme.net.last_retry_after,
+                retryable=error.code in ("badNonce", "rateLimited", "serverInternal"),
+            )
+        except (requests.RequestException, errors.Error) as error:
+            failure = AcmeFailure(f"talking to the CA failed: {error}")
+        except AcmeFailure as error:
+            failure = error
+        pause = (
+            failure.retry_after
+            if failure.retry_after is not None
+            else RETRY_PAUSE_SECONDS * attempt
+        )
+        if not failure.retryable or attempt >= ATTEMPTS_PER_RUN or pause > LONGEST_PAUSE_IN_RUN:
+            raise failure
+        log.warning("acme.retrying", attempt=attempt, pause=f"{pause:.0f}", error=str(failure))
+        time.sleep(pause)
+
+
+def _failed(
+    config: AcmeConfig,
+    state: CertificateState,
+    due: Due,
+    failure: AcmeFailure,
+    now: datetime.datetime,
+    installed: certfiles.Installed | None,
+) -> Outcome:
+    state.last_attempt = now.isoformat()
+    state.consecutive_failures += 1
+    state.failures_total += 1
+    state.last_error = {"at": now.isoformat(), "message": str(failure), "problem": failure.problem}
+    state.next_attempt = (
+        now + backoff(state.consecutive_failures, failure.retry_after)
+    ).isoformat()
+    state.save(state_path(config))
+    log.error(
+        "acme.renewal_failed",
+        certificate=config.certificate_name,
+        error=str(failure),
+        problem=json.dumps(failure.problem) if failure.problem else "",
+        next_attempt=state.next_attempt,
+    )
+    return Outcome(
+        config.certificate_name,
+        "failed",
+        due,
+        error=str(failure),
+        problem=failure.problem,
+        not_after=_not_after(installed),
+    )
+
+
+def _not_after(installed: certfiles.Installed | None) -> datetime.datetime | None:
+    return installed.not_after if installed is not None else None
+
+
+def _stamp(value: datetime.datetime | None) -> str:
+    return value.isoformat() if value else ""

@@ -1,0 +1,217 @@
+"""A real ACME server for the tests: pebble (Let's Encrypt's test CA) with
+pebble-challtestsrv as its DNS, every name resolving to 127.0.0.1, on free ports."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.tools import tool_missing
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_api_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a 127.0.0.1/localhost certificate for pebble's own HTTPS API
+    (Debian ships none). Returns (CA file, certificate, key)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aistack test API CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = directory / "api-ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file = directory / "api-cert.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file = directory / "api-key.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, cert_file, key_file
+
+
+@dataclass
+class Pebble:
+    directory: Path
+    nonce_reject_percent: int = 0
+    authz_reuse_percent: int = 50
+
+    def __post_init__(self) -> None:
+        self.api_port = free_port()
+        self.management_port = free_port()
+        self.http_port = free_port()
+        self.dns_port = free_port()
+        self.challtest_management = free_port()
+        self.ca_file, self.cert_file, self.key_file = write_api_certificate(self.directory)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[BinaryIO] = []
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}/dir"
+
+    @property
+    def http_address(self) -> str:
+        """Where pebble looks for HTTP-01 answers (for names resolving to 127.0.0.1)."""
+        return f"127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        config = self.directory / "pebble.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "pebble": {
+                        "listenAddress": f"127.0.0.1:{self.api_port}",
+                        "managementListenAddress": f"127.0.0.1:{self.management_port}",
+                        "certificate": str(self.cert_file),
+                        "privateKey": str(self.key_file),
+                        "httpPort": self.http_port,
+                        "tlsPort": free_port(),
+                        "ocspResponderURL": "",
+                        "externalAccountBindingRequired": False,
+                    }
+                }
+            )
+        )
+        log = open(self.directory / "challtestsrv.log", "wb")  # noqa: SIM115
+        self.logs.append(log)
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    "pebble-challtestsrv",
+                    "-defaultIPv4",
+                    "127.0.0.1",
+                    "-defaultIPv6",
+                    "",
+                    "-dns01",
+                    f"127.0.0.1:{self.dns_port}",
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    f"127.0.0.1:{self.challtest_management}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        env = {
+            **os.environ,
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": str(self.nonce_reject_percent),
+            "PEBBLE_AUTHZREUSE": str(self.authz_reuse_percent),
+        }
+        self.log_file = self.directory / "pebble.log"
+        log = open(self.log_file, "wb")  # noqa: SIM115
+        self.logs.append(log)
+        self.processes.append(
+            subprocess.Popen(
+                ["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(self.directory_url, context=context, timeout=2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"pebble did not start: {self.log_file.read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.1)
+
+    def issuing_roots(self) -> list[x509.Certificate]:
+        """Pebble's issuing root changes every start: ask it."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{self.management_port}/roots/0", context=context, timeout=5
+        ) as response:
+            return x509.load_pem_x509_certificates(response.read())
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        self.processes.clear()
+        for log in self.logs:
+            log.close()
+        self.logs.clear()
+
+
+def running_pebble(directory: Path, **options: int) -> Iterator[Pebble]:
+    for tool in ("pebble", "pebble-challtestsrv"):
+        if shutil.which(tool) is None:
+            tool_missing(tool, "apt-get install pebble")
+    server = Pebble(directory, **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
