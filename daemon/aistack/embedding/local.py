@@ -98,7 +98,12 @@ def _load_model(config: EmbeddingConfig) -> tuple[Any, tempfile.TemporaryDirecto
             "to its local directory (nothing is downloaded at run time)"
         )
     try:
-        model = TextEmbedding(config.model, specific_model_path=str(directory), threads=1)
+        model = TextEmbedding(
+            config.model,
+            specific_model_path=str(directory),
+            threads=1,
+            enable_cpu_mem_arena=False,
+        )
     except ValueError as error:
         raise EmbedderError(f"fastembed cannot load {config.model!r}: {error}") from None
     log.info("embedding.loaded", model=config.model, path=config.model_path or "bundled")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from pydantic_core import to_json
 
 from aistack.gateway.requests import Problem
 
@@ -16,8 +16,10 @@ RETRY_AFTER_UNAVAILABLE = 5
 def json_answer(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
+    # pydantic-core's encoder (Rust) writes the same compact UTF-8 JSON as
+    # json.dumps(ensure_ascii=False, separators=(",", ":")), several times faster.
     return web.Response(
-        body=json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode(),
+        body=to_json(data),
         status=status,
         content_type="application/json",
         headers=headers,

@@ -44,8 +44,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     ):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
-    chunks: list[bytes] = []
-    size = 0
+    # Small bodies usually arrive with the headers: take what is buffered, and only
+    # start a deadline (which costs a timer per request) when more is still to come.
+    first = request.content.read_nowait()
+    if len(first) > limit:
+        raise BodyTooLarge
+    if request.content.is_eof():
+        return first
+    chunks: list[bytes] = [first] if first else []
+    size = len(first)
     try:
         async with asyncio.timeout(BODY_DEADLINE_SECONDS):
             while True:

@@ -12,6 +12,7 @@ a whole /64 and could otherwise take a fresh address (and a fresh quota) per req
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -62,6 +63,12 @@ def _is_trusted(address: Address, trusted: Sequence[Network]) -> bool:
     return any(address in network for network in trusted)
 
 
+# Parsing with `ipaddress` costs microseconds per request; peers repeat, so the last few
+# thousand answers are kept (bounded: a flood of new peers only turns the cache over).
+ADDRESS_CACHE_SIZE = 8192
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def parse_address(text: str) -> Address | None:
     """An address from a peer or an X-Forwarded-For entry, or None if it is not one.
 
@@ -92,6 +99,7 @@ def _is_port(text: str) -> bool:
     return text.isascii() and text.isdigit() and int(text) <= 65535
 
 
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
 def address_key(address: Address, ipv6_prefix: int) -> str:
     """``1.2.3.4`` for IPv4; the ``/ipv6_prefix`` network, e.g. ``2001:db8:1:2::/64``, for IPv6."""
     if isinstance(address, ipaddress.IPv4Address):

@@ -3,6 +3,8 @@ collection name, a path or an address a client chose, so a client cannot grow th
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 QUERY_SIZE_BUCKETS = (100, 500, 1000, 5000, 10000)
@@ -48,9 +50,23 @@ class GatewayMetrics:
             "Clients the in-process rate limiter holds state for",
             registry=registry,
         )
+        # labels() takes a lock and builds a key on every call; the per-request series
+        # are few (endpoints x statuses), so their children are looked up once.
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.dependency_errors = Counter(
             "aistack_dependency_unavailable",
             "Requests answered 503 because a dependency did not answer",
             ["dependency"],
             registry=registry,
         )
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        children = self._request_children.get((endpoint, status))
+        if children is None:
+            children = (
+                self.requests.labels(endpoint, str(status)),
+                self.latency.labels(endpoint),
+            )
+            self._request_children[(endpoint, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)

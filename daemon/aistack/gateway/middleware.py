@@ -49,8 +49,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("gateway.unhandled", endpoint=endpoint_of(request), error=repr(error))
         response = error_answer(500, "internal error; see the gateway's journal")
     endpoint = endpoint_of(request)
-    state.metrics.requests.labels(endpoint, str(response.status)).inc()
-    state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+    state.metrics.observe_request(endpoint, response.status, time.perf_counter() - started)
     if state.policy_header and "RateLimit-Policy" not in response.headers:
         response.headers["RateLimit-Policy"] = state.policy_header
     if request.body_exists and not request.content.is_eof():
