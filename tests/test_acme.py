@@ -287,7 +287,15 @@ def test_rejected_nonces_are_survived(tmp_path_factory, tmp_path):
         assert_verifies(config, server)
 
 
-def test_failed_validation_keeps_the_old_certificate_and_counts(tmp_path, pebble):
+@pytest.fixture
+def pebble_without_reuse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
+    """Pebble validating every order afresh (by default it reuses half of the valid
+    authorizations, which would let a renewal pass without any validation)."""
+    yield from running_pebble(tmp_path_factory.mktemp("no-reuse"), authz_reuse_percent=0)
+
+
+def test_failed_validation_keeps_the_old_certificate_and_counts(tmp_path, pebble_without_reuse):
+    pebble = pebble_without_reuse
     config = acme_config(tmp_path, pebble)
     renew(config)
     before = {f.name: f.read_bytes() for f in live(config).iterdir()}
