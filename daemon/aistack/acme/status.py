@@ -126,6 +126,13 @@ class StatusCollector(Collector):
         last = status.state.last_success
         success.add_metric([name], datetime.datetime.fromisoformat(last).timestamp() if last else 0)
         yield success
+        consecutive = GaugeMetricFamily(
+            "aistack_acme_consecutive_failures",
+            "Failed attempts since the last success (0 when the last attempt worked)",
+            labels=["certificate"],
+        )
+        consecutive.add_metric([name], status.state.consecutive_failures)
+        yield consecutive
         placeholder = GaugeMetricFamily(
             "aistack_acme_placeholder",
             "1 while the self-signed placeholder stands in for the certificate",

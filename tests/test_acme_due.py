@@ -1,0 +1,231 @@
+"""When a certificate is due: the pure decision, and ARI from a CA that offers it.
+
+Pebble 2.4 (Debian) has no ARI and issues 5-year certificates, so renewal windows and
+short-lived certificates are tested here: the decision directly, and ARI against a test
+ACME directory of our own that serves just the directory and renewalInfo documents."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aistack.acme import certfiles, keys
+from aistack.acme.due import JITTER_SHARE, decide, renewal_time
+from aistack.acme.protocol import AcmeClient
+from aistack.acme.renew import renew
+from aistack.config import validate_config
+from tests.pebble import free_port
+
+NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
+DAY = datetime.timedelta(days=1)
+
+
+def issue(
+    directory: Path,
+    lifetime: datetime.timedelta,
+    age: datetime.timedelta,
+    domains: tuple[str, ...] = ("example.org",),
+    key_type: str = "ec256",
+) -> certfiles.Installed:
+    """A CA-signed certificate (with the Authority Key Identifier ARI needs), installed."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    key = keys.generate(key_type)
+    start = NOW - age
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + lifetime)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    certfiles.install(directory, domains[0], pem, keys.to_pem(key))
+    installed = certfiles.read_installed(directory, domains[0])
+    assert installed is not None
+    return installed
+
+
+def test_a_six_day_certificate_renews_with_a_third_of_its_life_left(tmp_path):
+    installed = issue(tmp_path, lifetime=6 * DAY, age=3 * DAY)
+    due = decide(installed, ["example.org"], "ec256", 30, NOW)
+    assert not due.due
+    assert due.renew_at is not None
+    # renew_before_days=30 is capped at 2 days (a third of 6), minus up to 10% jitter.
+    left = installed.not_after - due.renew_at
+    assert 2 * DAY <= left <= 2 * DAY * (1 + JITTER_SHARE)
+    later = decide(installed, ["example.org"], "ec256", 30, NOW + 1.5 * DAY)
+    assert later.due and later.reason == "within the renewal period"
+
+
+def test_a_90_day_certificate_renews_30_days_before_expiry(tmp_path):
+    installed = issue(tmp_path, lifetime=90 * DAY, age=10 * DAY)
+    due = decide(installed, ["example.org"], "ec256", 30, NOW)
+    assert not due.due and due.renew_at is not None
+    assert 30 * DAY <= installed.not_after - due.renew_at <= 33 * DAY
+
+
+def test_the_jitter_is_fixed_per_certificate_and_spread_across_them(tmp_path):
+    first = issue(tmp_path / "a", lifetime=90 * DAY, age=DAY)
+    again = decide(first, ["example.org"], "ec256", 30, NOW).renew_at
+    assert again == decide(first, ["example.org"], "ec256", 30, NOW + DAY).renew_at
+    spread = {
+        decide(
+            issue(tmp_path / str(n), 90 * DAY, DAY), ["example.org"], "ec256", 30, NOW
+        ).renew_at.timestamp()  # type: ignore[union-attr]
+        - 0
+        for n in range(5)
+    }
+    assert len(spread) == 5
+
+
+@given(
+    lifetime_hours=st.integers(1, 24 * 400),
+    renew_before_days=st.integers(1, 365),
+    jitter=st.floats(0, 1, exclude_max=True),
+)
+def test_renewal_time_is_inside_the_certificate_and_before_its_last_third(
+    lifetime_hours, renew_before_days, jitter
+):
+    start = NOW
+    end = NOW + datetime.timedelta(hours=lifetime_hours)
+    at = renewal_time(start, end, renew_before_days, jitter)
+    lifetime = end - start
+    assert start < at < end
+    assert end - at >= min(datetime.timedelta(days=renew_before_days), lifetime / 3)
+    assert at - start >= lifetime * (2 / 3) * (1 - JITTER_SHARE) - datetime.timedelta(seconds=1)
+
+
+def test_what_makes_a_certificate_due_at_once(tmp_path):
+    installed = issue(tmp_path, lifetime=90 * DAY, age=DAY)
+    assert decide(None, ["example.org"], "ec256", 30, NOW).reason == "no certificate installed"
+    assert decide(installed, ["example.org"], "ec256", 30, NOW, force=True).reason == "forced"
+    assert decide(installed, ["example.org"], "rsa2048", 30, NOW).reason == (
+        "key type changed (ec256 -> rsa2048)"
+    )
+    assert decide(installed, ["example.org", "www.example.org"], "ec256", 30, NOW).due
+    assert decide(installed, ["example.org"], "ec256", 30, NOW + 100 * DAY).reason == "expired"
+    pem, key = certfiles.make_placeholder(["example.org"], "ec256")
+    certfiles.install(tmp_path / "p", "example.org", pem, key)
+    placeholder = certfiles.read_installed(tmp_path / "p", "example.org")
+    assert decide(placeholder, ["example.org"], "ec256", 30, NOW).reason == (
+        "only the placeholder is installed"
+    )
+
+
+class AriDirectory:
+    """Serves an ACME directory that offers renewalInfo, and one renewal window."""
+
+    def __init__(self, start: datetime.datetime, end: datetime.datetime) -> None:
+        self.requests: list[str] = []
+        window = {"suggestedWindow": {"start": start.isoformat(), "end": end.isoformat()}}
+        directory_of = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                directory_of.requests.append(self.path)
+                base = f"http://127.0.0.1:{self.server.server_address[1]}"
+                if self.path == "/dir":
+                    body = {
+                        "newNonce": f"{base}/nonce",
+                        "newAccount": f"{base}/account",
+                        "newOrder": f"{base}/order",
+                        "renewalInfo": f"{base}/renewal-info",
+                    }
+                elif self.path.startswith("/renewal-info/"):
+                    body = window
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dir"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ari_config(tmp_path: Path, url: str):
+    return validate_config(
+        {
+            "qdrant": {"path": str(tmp_path / "q")},
+            "acme": {
+                "domains": ["example.org"],
+                "accept_terms": True,
+                "directory_url": url,
+                "cert_dir": str(tmp_path / "certs"),
+                "state_dir": str(tmp_path / "state"),
+                "challenge": "standalone",
+                "http_address": f"127.0.0.1:{free_port()}",
+            },
+        }
+    ).acme
+
+
+def test_ari_window_is_read_and_moves_the_renewal(tmp_path):
+    now = datetime.datetime.now(datetime.UTC)
+    server = AriDirectory(now + 5 * DAY, now + 6 * DAY)
+    try:
+        config = ari_config(tmp_path, server.url)
+        installed = issue(Path(config.cert_dir), lifetime=90 * DAY, age=DAY)
+        window = AcmeClient(config, Path(config.state_dir)).renewal_window(
+            (installed.path / "cert.pem").read_bytes()
+        )
+        assert window == (now + 5 * DAY, now + 6 * DAY)
+        outcome = renew(config)
+        assert outcome.action == "not-due"
+        assert outcome.due.reason == "not due"
+        assert outcome.due.renew_at is not None
+        assert now + 5 * DAY <= outcome.due.renew_at <= now + 6 * DAY
+        assert any(path.startswith("/renewal-info/") for path in server.requests)
+    finally:
+        server.close()
+
+
+def test_an_open_ari_window_makes_the_certificate_due(tmp_path):
+    now = datetime.datetime.now(datetime.UTC)
+    # The CA asks for renewal now (as after a mass revocation), 80 days before expiry.
+    server = AriDirectory(now - DAY, now - datetime.timedelta(hours=1))
+    try:
+        config = ari_config(tmp_path, server.url)
+        issue(Path(config.cert_dir), lifetime=90 * DAY, age=10 * DAY)
+        outcome = renew(config)
+        assert outcome.due.due
+        assert outcome.due.reason == "inside the CA's renewal window (ARI)"
+        # This directory cannot issue: the attempt fails and the old certificate stays.
+        assert outcome.action == "failed"
+        assert certfiles.read_installed(Path(config.cert_dir), "example.org") is not None
+    finally:
+        server.close()
