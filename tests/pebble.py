@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -87,6 +87,8 @@ class Pebble:
     directory: Path
     nonce_reject_percent: int = 0
     authz_reuse_percent: int = 50
+    eab_keys: dict[str, str] | None = None  # key id -> base64url HMAC key; required if set
+    validity_seconds: int = 0  # 0: pebble's default (5 years)
 
     def __post_init__(self) -> None:
         self.api_port = free_port()
@@ -120,7 +122,13 @@ class Pebble:
                         "httpPort": self.http_port,
                         "tlsPort": free_port(),
                         "ocspResponderURL": "",
-                        "externalAccountBindingRequired": False,
+                        "externalAccountBindingRequired": bool(self.eab_keys),
+                        "externalAccountMACKeys": self.eab_keys or {},
+                        **(
+                            {"certificateValidityPeriod": self.validity_seconds}
+                            if self.validity_seconds
+                            else {}
+                        ),
                     }
                 }
             )
@@ -205,7 +213,7 @@ class Pebble:
         self.logs.clear()
 
 
-def running_pebble(directory: Path, **options: int) -> Iterator[Pebble]:
+def running_pebble(directory: Path, **options: Any) -> Iterator[Pebble]:
     for tool in ("pebble", "pebble-challtestsrv"):
         if shutil.which(tool) is None:
             tool_missing(tool, "apt-get install pebble")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -393,3 +394,33 @@ def metric_value(text: str, name: str) -> float:
         if line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in {text}")
+
+
+def test_external_account_binding(tmp_path_factory, tmp_path):
+    hmac_key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    for server in running_pebble(tmp_path_factory.mktemp("eab"), eab_keys={"kid-1": hmac_key}):
+        refused = renew(acme_config(tmp_path / "without", server))
+        assert refused.action == "failed"
+        assert "externalAccountBinding" in (refused.error or "")
+        secret = tmp_path / "eab-hmac"
+        secret.write_text(hmac_key + "\n")
+        config = acme_config(
+            tmp_path / "with", server, eab_kid="kid-1", eab_hmac_key_file=str(secret)
+        )
+        assert renew(config).action == "renewed"
+        assert_verifies(config, server)
+
+
+def test_a_short_lived_certificate_from_pebble_is_not_renewed_too_early(tmp_path_factory, tmp_path):
+    # Six-day certificates, as Let's Encrypt now offers: renewal at a third of the
+    # lifetime left, not "30 days before", which would renew on every run.
+    for server in running_pebble(tmp_path_factory.mktemp("short"), validity_seconds=6 * 86400):
+        config = acme_config(tmp_path, server)
+        assert renew(config).action == "renewed"
+        lifetime = leaf(config).not_valid_after_utc - leaf(config).not_valid_before_utc
+        assert lifetime.days in (5, 6)
+        again = renew(config)
+        assert again.action == "not-due"
+        assert again.due.renew_at is not None
+        left = leaf(config).not_valid_after_utc - again.due.renew_at
+        assert lifetime / 3 <= left <= lifetime / 3 * 1.1 + datetime.timedelta(seconds=1)
