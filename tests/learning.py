@@ -129,7 +129,9 @@ class LearningStore:
 
     async def archived(self) -> dict[str, list[int]]:
         assert self.db is not None
-        records = await self.db.fetch("SELECT id, reason FROM solved_issues_archive ORDER BY id")
+        records = await self.db.fetch(
+            "SELECT id, reason FROM solved_issues_archive, unnest(ids) AS id ORDER BY id"
+        )
         found: dict[str, list[int]] = {"expired": [], "pruned": [], "duplicate": []}
         for record in records:
             found[record["reason"]].append(record["id"])

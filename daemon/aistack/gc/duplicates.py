@@ -59,6 +59,18 @@ def similar_pairs(
             column_end = min(column_start + tile_columns, row_end)
             out = buffer[: row_end - row_start, : column_end - column_start]
             np.matmul(rows, vectors[column_start:column_end].T, out=out)
+            if column_end <= row_start:
+                # Wholly below the diagonal, where hits are rare: a row maximum (one fast
+                # pass) finds the few rows worth a full comparison, instead of building
+                # a boolean mask of the whole tile.
+                candidates = np.flatnonzero(out.max(axis=1) >= threshold)
+                if candidates.size == 0:
+                    continue
+                hit_rows, hit_columns = np.nonzero(out[candidates] >= threshold)
+                i = candidates[hit_rows].astype(np.int64) + row_start
+                j = hit_columns.astype(np.int64) + column_start
+                yield i, j
+                continue
             hit_rows, hit_columns = np.nonzero(out >= threshold)
             if hit_rows.size == 0:
                 continue

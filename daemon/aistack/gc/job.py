@@ -30,7 +30,7 @@ from aistack.observability.failpoints import failpoint
 from aistack.observability.logs import EventLog
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import GC_LOCK, require_current
-from aistack.stores.solutions import COLLECTION, COLUMNS, connection, point_payload
+from aistack.stores.solutions import COLLECTION, connection, point_payload
 
 log = EventLog("gc")
 STATEMENT_TIMEOUT_MS = 120_000
@@ -159,7 +159,7 @@ async def _carry_out(
 ) -> RunResult:
     progress = Progress(stream)
     done: dict[str, int] = {"vectors_cleaned": 0}
-    done["pending_finished"] = await finish_pending(db, store, config.gc.batch_size)
+    done["pending_finished"] = await finish_pending(db, store)
     done["vectors_cleaned"] += done["pending_finished"]
     done["archive_purged"] = await purge_archive(db, config, now)
     plan = await make_plan(db, store, config.gc, embedder.dimension, now, full_scan=full_scan)
@@ -185,6 +185,25 @@ async def _carry_out(
     return RunResult(run_id, False, plan, done=done)
 
 
+# One statement per batch: delete the rows and write them, as parallel arrays, into one
+# archive row. The join keeps only rows really deleted (another writer may have been first).
+ARCHIVE_BATCH = """
+WITH gone AS (
+    DELETE FROM solved_issues WHERE id = ANY($1::bigint[])
+    RETURNING id, query, solution, value_score, created_at
+),
+merged AS (SELECT * FROM unnest($1::bigint[], $4::bigint[]) AS m(id, into_id))
+INSERT INTO solved_issues_archive
+    (run_id, reason, ids, queries, solutions, value_scores, created_ats, duplicate_of)
+SELECT $2, $3, array_agg(gone.id ORDER BY gone.id), array_agg(query ORDER BY gone.id),
+       array_agg(solution ORDER BY gone.id), array_agg(value_score ORDER BY gone.id),
+       array_agg(created_at ORDER BY gone.id), array_agg(into_id ORDER BY gone.id)
+FROM gone JOIN merged USING (id)
+HAVING count(*) > 0
+RETURNING batch_id, ids
+"""
+
+
 async def archive_and_delete(
     db: asyncpg.Connection,
     store: VectorStore,
@@ -200,69 +219,50 @@ async def archive_and_delete(
         merged = [duplicate_of.get(row) for row in batch]
         began = time.perf_counter()
         async with db.transaction():
-            # Archive and delete in one statement and one transaction: a row is either
-            # in the store or in the archive, whatever instant the process dies at.
-            gone = await db.fetch(
-                f"WITH gone AS (DELETE FROM solved_issues WHERE id = ANY($1::bigint[])"
-                f" RETURNING {COLUMNS}),"
-                " merged AS (SELECT * FROM unnest($1::bigint[], $4::bigint[]) AS m(id, into_id))"
-                f" INSERT INTO solved_issues_archive ({COLUMNS}, run_id, reason, duplicate_of)"
-                " SELECT gone.id, query, solution, value_score, created_at, $2, $3, into_id"
-                " FROM gone JOIN merged USING (id) RETURNING id",
-                batch,
-                run_id,
-                reason,
-                merged,
-            )
+            # A row is either in the store or in the archive, whatever instant the
+            # process dies at.
+            archived = await db.fetchrow(ARCHIVE_BATCH, batch, run_id, reason, merged)
         progress.batch_seconds.append(time.perf_counter() - began)
-        gone_ids = [record["id"] for record in gone]
+        if archived is None:
+            continue
         failpoint("gc.after_commit")
-        await store.delete(COLLECTION, gone_ids)
-        await db.execute(
-            "UPDATE solved_issues_archive SET point_removed = true WHERE id = ANY($1::bigint[])",
-            gone_ids,
-        )
-        moved += len(gone_ids)
+        await remove_points(db, store, archived["batch_id"], archived["ids"])
+        moved += len(archived["ids"])
         progress.report(reason, moved, len(ids))
     return moved
 
 
-async def finish_pending(db: asyncpg.Connection, store: VectorStore, batch_size: int) -> int:
+async def remove_points(
+    db: asyncpg.Connection, store: VectorStore, batch_id: int, ids: list[int]
+) -> None:
+    await store.delete(COLLECTION, ids)
+    await db.execute(
+        "UPDATE solved_issues_archive SET points_removed = true WHERE batch_id = $1", batch_id
+    )
+
+
+async def finish_pending(db: asyncpg.Connection, store: VectorStore) -> int:
     """Delete the points of rows a killed run archived but did not get to."""
     finished = 0
-    while True:
-        records = await db.fetch(
-            "SELECT id FROM solved_issues_archive WHERE NOT point_removed ORDER BY id LIMIT $1",
-            batch_size,
-        )
-        if not records:
-            return finished
-        ids = [record["id"] for record in records]
-        await store.delete(COLLECTION, ids)
-        await db.execute(
-            "UPDATE solved_issues_archive SET point_removed = true WHERE id = ANY($1::bigint[])",
-            ids,
-        )
-        finished += len(ids)
-        log.info("gc.finished_pending", points=len(ids))
+    pending = await db.fetch(
+        "SELECT batch_id, ids FROM solved_issues_archive WHERE NOT points_removed ORDER BY batch_id"
+    )
+    for batch in pending:
+        await remove_points(db, store, batch["batch_id"], batch["ids"])
+        finished += len(batch["ids"])
+        log.info("gc.finished_pending", batch=batch["batch_id"], points=len(batch["ids"]))
+    return finished
 
 
 async def purge_archive(db: asyncpg.Connection, config: Config, now: datetime.datetime) -> int:
-    cutoff = policies.archive_cutoff(config.gc, now)
-    purged = 0
-    while True:
-        # Pending rows stay until their points are gone (finish_pending ran just before).
-        count = await db.fetchval(
-            "WITH old AS (SELECT id FROM solved_issues_archive"
-            " WHERE archived_at < $1 AND point_removed ORDER BY id LIMIT $2),"
-            " gone AS (DELETE FROM solved_issues_archive WHERE id IN (SELECT id FROM old)"
-            " RETURNING 1) SELECT count(*) FROM gone",
-            cutoff,
-            config.gc.batch_size,
-        )
-        purged += count
-        if count < config.gc.batch_size:
-            return purged
+    # Batches still pending keep their rows until their points are gone.
+    purged = await db.fetchval(
+        "WITH gone AS (DELETE FROM solved_issues_archive"
+        " WHERE archived_at < $1 AND points_removed RETURNING cardinality(ids) AS rows)"
+        " SELECT coalesce(sum(rows), 0) FROM gone",
+        policies.archive_cutoff(config.gc, now),
+    )
+    return int(purged)
 
 
 async def embed_again(

@@ -67,49 +67,54 @@ class Plan:
         }
 
 
-@dataclass
-class Rows:
-    """Every row of the store as arrays, ascending by id."""
-
-    ids: IdArray
-    scores: npt.NDArray[np.float64]
-    created: npt.NDArray[np.float64]  # epoch seconds
-
-
-async def load_rows(connection: asyncpg.Connection) -> Rows:
-    ids: list[IdArray] = []
-    scores: list[npt.NDArray[np.float64]] = []
-    created: list[npt.NDArray[np.float64]] = []
+async def load_ids(connection: asyncpg.Connection) -> IdArray:
+    """Every row id, ascending. Only ids: scores and times are fetched later for the few
+    rows a decision needs them for, which keeps a million-row store to one 8 MB array."""
+    chunks: list[IdArray] = []
     last = -1
     while True:
-        # Keyset chunks: memory stays bounded by the chunk, each query starts where the
-        # last one stopped.
-        records = await connection.fetch(
-            "SELECT id, value_score, extract(epoch FROM created_at)::float8 AS created"
-            " FROM solved_issues WHERE id > $1 ORDER BY id LIMIT $2",
+        # Keyset chunks, each one array: memory stays bounded and decoding stays in C.
+        chunk = await connection.fetchval(
+            "SELECT array_agg(id) FROM"
+            " (SELECT id FROM solved_issues WHERE id > $1 ORDER BY id LIMIT $2) AS chunk",
             last,
             ROW_CHUNK,
         )
-        if not records:
+        if not chunk:
             break
-        ids.append(np.fromiter((r["id"] for r in records), np.int64, len(records)))
-        scores.append(np.fromiter((r["value_score"] for r in records), np.float64, len(records)))
-        created.append(np.fromiter((r["created"] for r in records), np.float64, len(records)))
-        last = int(ids[-1][-1])
-    if not ids:
-        return Rows(np.empty(0, np.int64), np.empty(0), np.empty(0))
-    return Rows(np.concatenate(ids), np.concatenate(scores), np.concatenate(created))
+        chunks.append(np.array(chunk, dtype=np.int64))
+        last = int(chunks[-1][-1])
+    return np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+
+
+async def ranking_of(
+    connection: asyncpg.Connection, ids: IdArray
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """(value_score, created_at as epoch seconds) of these rows, in their order."""
+    record = await connection.fetchrow(
+        # A row deleted meanwhile ranks last; removing it again changes nothing.
+        "SELECT array_agg(coalesce(value_score, -1) ORDER BY position) AS scores,"
+        " array_agg(coalesce(extract(epoch FROM created_at)::float8, 0) ORDER BY position)"
+        " AS created"
+        " FROM unnest($1::bigint[]) WITH ORDINALITY AS wanted(id, position)"
+        " LEFT JOIN solved_issues USING (id)",
+        ids.tolist(),
+    )
+    if record is None or record["scores"] is None:
+        return np.empty(0), np.empty(0)
+    return np.array(record["scores"], dtype=np.float64), np.array(record["created"])
 
 
 async def select_expired(
     connection: asyncpg.Connection, config: GcConfig, now: datetime.datetime
 ) -> list[int]:
-    records = await connection.fetch(
-        "SELECT id FROM solved_issues WHERE created_at < $1 AND value_score < $2 ORDER BY id",
+    ids = await connection.fetchval(
+        "SELECT array_agg(id ORDER BY id) FROM solved_issues"
+        " WHERE created_at < $1 AND value_score < $2",
         policies.expiry_cutoff(config, now),
         config.min_value_score,
     )
-    return [r["id"] for r in records]
+    return list(ids or [])
 
 
 async def select_pruned(
@@ -118,16 +123,16 @@ async def select_pruned(
     count = policies.prune_count(remaining, config)
     if count == 0:
         return []
-    records = await connection.fetch(
-        "SELECT id FROM solved_issues"
+    ids = await connection.fetchval(
+        "SELECT array_agg(id ORDER BY id) FROM (SELECT id FROM solved_issues"
         " WHERE NOT (created_at < $1 AND value_score < $2) AND created_at < $3"
-        " ORDER BY value_score, created_at, id LIMIT $4",
+        " ORDER BY value_score, created_at, id LIMIT $4) AS lowest",
         policies.expiry_cutoff(config, now),
         config.min_value_score,
         policies.prune_protected_after(now),
         count,
     )
-    return sorted(r["id"] for r in records)
+    return list(ids or [])
 
 
 @dataclass
@@ -167,6 +172,39 @@ async def load_points(
     return Points(vectors, present, orphans)
 
 
+async def rows_older_than(
+    connection: asyncpg.Connection, ids: IdArray, cutoff: datetime.datetime
+) -> list[int]:
+    if not ids.size:
+        return []
+    records = await connection.fetch(
+        "SELECT id FROM solved_issues WHERE id = ANY($1::bigint[]) AND created_at < $2 ORDER BY id",
+        ids.tolist(),
+        cutoff,
+    )
+    return [r["id"] for r in records]
+
+
+async def choose_duplicates(
+    connection: asyncpg.Connection,
+    ids: IdArray,
+    pairs: list[tuple[IdArray, IdArray]],
+) -> dict[int, int]:
+    """{removed row id: the id of the row it is merged into} for these similar pairs."""
+    if not pairs:
+        return {}
+    # Only rows in some pair need their score and age: fetch those, renumber the pairs.
+    involved = np.unique(np.concatenate([np.concatenate(pair) for pair in pairs]))
+    scores, created = await ranking_of(connection, ids[involved])
+    local = [
+        (np.searchsorted(involved, left), np.searchsorted(involved, right)) for left, right in pairs
+    ]
+    choice = duplicates.choose_survivors(scores, created, ids[involved], local)
+    removed = ids[involved[choice.removed]].tolist()
+    kept_for = ids[involved[choice.kept_for]].tolist()
+    return dict(zip(removed, kept_for, strict=True))
+
+
 async def dedup_state(connection: asyncpg.Connection) -> tuple[int, float] | None:
     record = await connection.fetchrow("SELECT checked_through_id, similarity FROM gc_dedup_state")
     return None if record is None else (record["checked_through_id"], record["similarity"])
@@ -184,52 +222,49 @@ async def make_plan(
 ) -> Plan:
     plan = Plan()
     plan.archive_purge = await connection.fetchval(
-        "SELECT count(*) FROM solved_issues_archive WHERE archived_at < $1",
+        "SELECT coalesce(sum(cardinality(ids)), 0) FROM solved_issues_archive"
+        " WHERE archived_at < $1",
         policies.archive_cutoff(config, now),
     )
-    pending = await connection.fetch(
-        "SELECT id FROM solved_issues_archive WHERE NOT point_removed ORDER BY id"
+    pending = await connection.fetchval(
+        "SELECT array_agg(id) FROM solved_issues_archive, unnest(ids) AS id"
+        " WHERE NOT points_removed"
     )
-    plan.pending_points = len(pending)
-    rows = await load_rows(connection)
-    plan.rows = int(rows.ids.size)
+    plan.pending_points = len(pending or [])
+    ids = await load_ids(connection)
+    plan.rows = int(ids.size)
     plan.expired = await select_expired(connection, config, now)
     plan.pruned = await select_pruned(connection, config, now, plan.rows - len(plan.expired))
     gone = np.asarray(plan.expired + plan.pruned, dtype=np.int64)
-    keep = ~np.isin(rows.ids, gone)
-    survivors = rows.ids[keep]
+    survivors = ids[~np.isin(ids, gone)] if gone.size else ids
 
-    cutoff = policies.orphan_cutoff(now).timestamp()
+    cutoff = policies.orphan_cutoff(now)
     # Rows still in the store and rows archived with their point still in Qdrant (a run
     # finishes those first) explain their points; any other point is an orphan.
-    explained = np.union1d(rows.ids, np.fromiter((r["id"] for r in pending), np.int64))
-    points = await load_points(store, explained, survivors, dimension, cutoff)
+    explained = np.union1d(ids, np.array(pending, dtype=np.int64)) if pending else ids
+    points = await load_points(store, explained, survivors, dimension, cutoff.timestamp())
     if orphan_cleanup if orphan_cleanup is not None else config.orphan_cleanup:
         plan.orphan_points = points.orphans
-        young = rows.created[keep] >= cutoff
-        plan.rows_without_points = survivors[~points.present & ~young].tolist()
+        plan.rows_without_points = await rows_older_than(
+            connection, survivors[~points.present], cutoff
+        )
 
     state = await dedup_state(connection)
     plan.full_scan = full_scan or state is None or state[1] != config.deduplicate_similarity
     checked_through = -1 if plan.full_scan or state is None else state[0]
-    plan.checked_through_id = int(rows.ids[-1]) if rows.ids.size else max(checked_through, 0)
+    plan.checked_through_id = int(ids[-1]) if ids.size else max(checked_through, 0)
 
     # Deduplicate the survivors that have a vector; ids ascend, so new rows come last.
     usable = points.present
-    ids = survivors[usable]
+    with_vectors = survivors[usable]
     # Qdrant stores cosine vectors normalised already; normalising again is cheap, and
     # copying 100k x 384 floats is not, so the copy happens only when points are missing.
     matrix = points.vectors if usable.all() else points.vectors[usable]
     duplicates.normalise_in_place(matrix)
-    first_new = int(np.searchsorted(ids, checked_through, side="right"))
+    first_new = int(np.searchsorted(with_vectors, checked_through, side="right"))
     pairs = list(
         duplicates.similar_pairs(matrix, config.deduplicate_similarity, first_new=first_new)
     )
-    choice = duplicates.choose_survivors(
-        rows.scores[keep][usable], rows.created[keep][usable], ids, pairs
-    )
-    removed = ids[choice.removed].tolist()
-    kept_for = ids[choice.kept_for].tolist()
-    plan.duplicate_of = dict(zip(removed, kept_for, strict=True))
-    plan.duplicate = sorted(removed)
+    plan.duplicate_of = await choose_duplicates(connection, with_vectors, pairs)
+    plan.duplicate = sorted(plan.duplicate_of)
     return plan

@@ -14,10 +14,11 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
+import asyncpg
+
 from aistack.config import Config
 from aistack.embedding import Embedder
 from aistack.gc.job import LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, Progress, try_lock
-from aistack.gc.policies import batches
 from aistack.observability.logs import EventLog
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import require_current
@@ -25,6 +26,7 @@ from aistack.stores.solutions import COLLECTION, COLUMNS, connection, point_payl
 
 log = EventLog("gc")
 REASONS = ("expired", "pruned", "duplicate")
+EMBED_BATCH = 256
 
 
 class NothingToRestore(Exception):
@@ -77,40 +79,50 @@ async def restore(
         await require_current(db)
         await try_lock(db)
         where, values = selection.where()
-        ids = [
-            record["id"]
-            for record in await db.fetch(
-                f"SELECT id FROM solved_issues_archive WHERE {where} ORDER BY id", *values
-            )
-        ]
-        if not ids:
+        archived = await db.fetch(
+            f"SELECT batch_id, cardinality(ids) AS rows FROM solved_issues_archive"
+            f" WHERE {where} ORDER BY batch_id",
+            *values,
+        )
+        if not archived:
             raise NothingToRestore(f"no archived rows match {selection.describe()}")
+        total = sum(batch["rows"] for batch in archived)
         await store.ensure_collection(COLLECTION, embedder.dimension)
         restored = 0
-        for batch in batches(ids, 256):
-            records = await db.fetch(
-                f"SELECT {COLUMNS} FROM solved_issues_archive WHERE id = ANY($1::bigint[])"
-                " ORDER BY id",
-                batch,
-            )
-            vectors = await embedder.embed_documents([r["query"] for r in records])
-            await store.upsert(
-                COLLECTION,
-                [r["id"] for r in records],
-                vectors,
-                [point_payload(r["value_score"], r["created_at"]) for r in records],
-            )
-            async with db.transaction():
-                await db.execute(
-                    f"INSERT INTO solved_issues ({COLUMNS}) OVERRIDING SYSTEM VALUE"
-                    f" SELECT {COLUMNS} FROM solved_issues_archive WHERE id = ANY($1::bigint[])"
-                    " ON CONFLICT (id) DO NOTHING",
-                    batch,
-                )
-                await db.execute(
-                    "DELETE FROM solved_issues_archive WHERE id = ANY($1::bigint[])", batch
-                )
-            restored += len(records)
-            report.report("restored", restored, len(ids))
+        for batch in archived:
+            restored += await restore_batch(db, store, embedder, batch["batch_id"])
+            report.report("restored", restored, total)
         log.info("gc.restored", rows=restored, selection=selection.describe())
         return restored
+
+
+async def restore_batch(
+    db: asyncpg.Connection, store: VectorStore, embedder: Embedder, batch_id: int
+) -> int:
+    rows = await db.fetch(
+        "SELECT id, query, value_score, created_at FROM solved_issues_archive,"
+        " unnest(ids, queries, value_scores, created_ats)"
+        " AS row(id, query, value_score, created_at)"
+        " WHERE batch_id = $1 ORDER BY id",
+        batch_id,
+    )
+    for start in range(0, len(rows), EMBED_BATCH):
+        part = rows[start : start + EMBED_BATCH]
+        vectors = await embedder.embed_documents([r["query"] for r in part])
+        await store.upsert(
+            COLLECTION,
+            [r["id"] for r in part],
+            vectors,
+            [point_payload(r["value_score"], r["created_at"]) for r in part],
+        )
+    async with db.transaction():
+        await db.execute(
+            f"INSERT INTO solved_issues ({COLUMNS}) OVERRIDING SYSTEM VALUE"
+            f" SELECT {COLUMNS} FROM solved_issues_archive,"
+            " unnest(ids, queries, solutions, value_scores, created_ats)"
+            f" AS row({COLUMNS}) WHERE batch_id = $1"
+            " ON CONFLICT (id) DO NOTHING",
+            batch_id,
+        )
+        await db.execute("DELETE FROM solved_issues_archive WHERE batch_id = $1", batch_id)
+    return len(rows)

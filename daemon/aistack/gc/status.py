@@ -89,9 +89,12 @@ async def gather(db: asyncpg.Connection, store: VectorStore, recent: int = 10) -
         postgres_bytes=int(postgres_bytes),
         qdrant_bytes=qdrant_bytes,
         rows=await db.fetchval("SELECT count(*) FROM solved_issues"),
-        archived_rows=await db.fetchval("SELECT count(*) FROM solved_issues_archive"),
+        archived_rows=await db.fetchval(
+            "SELECT coalesce(sum(cardinality(ids)), 0) FROM solved_issues_archive"
+        ),
         pending_points=await db.fetchval(
-            "SELECT count(*) FROM solved_issues_archive WHERE NOT point_removed"
+            "SELECT coalesce(sum(cardinality(ids)), 0) FROM solved_issues_archive"
+            " WHERE NOT points_removed"
         ),
         last_success=last["finished_at"] if last else None,
         last_run_seconds=last["seconds"] if last else None,
