@@ -424,3 +424,28 @@ def test_a_short_lived_certificate_from_pebble_is_not_renewed_too_early(tmp_path
         assert again.due.renew_at is not None
         left = leaf(config).not_valid_after_utc - again.due.renew_at
         assert lifetime / 3 <= left <= lifetime / 3 * 1.1 + datetime.timedelta(seconds=1)
+
+
+def test_reload_runs_only_after_a_change(tmp_path, pebble):
+    # No systemd here: a stand-in systemctl on PATH records what it was asked to do.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "systemctl-calls"
+    stand_in = bin_dir / "systemctl"
+    stand_in.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit "${{SYSTEMCTL_EXIT:-0}}"\n')
+    stand_in.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    path = config_file(tmp_path, pebble)
+    reload = ("acme", "reload", "--config", str(path), "nginx.service")
+
+    assert aistack(*reload, env=env).returncode == 0
+    assert not calls.exists()  # nothing issued yet, nothing changed
+    assert aistack("acme", "renew", "--config", str(path)).returncode == 0
+    failing = aistack(*reload, env={**env, "SYSTEMCTL_EXIT": "1"})
+    assert failing.returncode == 1 and "try-reload-or-restart failed" in failing.stderr
+    done = aistack(*reload, env=env)
+    assert done.returncode == 0 and "reloaded nginx.service" in done.stderr
+    assert calls.read_text().splitlines() == ["try-reload-or-restart nginx.service"] * 2
+    assert aistack("acme", "renew", "--config", str(path)).returncode == 0  # not due
+    assert aistack(*reload, env=env).returncode == 0
+    assert len(calls.read_text().splitlines()) == 2

@@ -107,10 +107,13 @@ def install(cert_dir: Path, name: str, fullchain_pem: str, key_pem: bytes) -> Pa
     cert_dir.mkdir(parents=True, exist_ok=True)
     versions = cert_dir / ".versions" / name
     versions.mkdir(parents=True, exist_ok=True)
-    os.chmod(cert_dir, 0o755)
+    # Explicit modes: a unit's umask (0077) must not hide public certificates.
+    for directory in (cert_dir, cert_dir / ".versions", versions):
+        os.chmod(directory, 0o755)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     version = versions / f"{stamp}-{certificate.serial_number:x}"[:64]
-    version.mkdir(mode=0o755)
+    version.mkdir()
+    os.chmod(version, 0o755)
     _write(version / "cert.pem", leaf.encode(), PUBLIC_MODE)
     failpoint("acme.install_half_written")
     _write(version / "chain.pem", chain.encode(), PUBLIC_MODE)

@@ -39,7 +39,10 @@ class WebrootResponder:
 
     def add(self, token: str, key_authorization: str) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # Readable by the web server that serves the tokens, whatever our umask.
+            os.chmod(self.directory.parent, 0o755)
+            os.chmod(self.directory, 0o755)
             path = self.directory / token
             temporary = self.directory / f".{token}.tmp"
             temporary.write_text(key_authorization)

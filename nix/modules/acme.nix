@@ -1,0 +1,261 @@
+# services.aiStack.acme: native ACME certificates (aistack-acme.service + .timer), a
+# placeholder before the first one, and optionally the nginx front of the roadmap.
+{
+  config,
+  lib,
+  ...
+}:
+let
+  inherit (lib)
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    types
+    ;
+
+  top = config.services.aiStack;
+  cfg = top.acme;
+  exe = lib.getExe top.package;
+  name = lib.toLower (lib.removePrefix "*." (lib.head cfg.domains));
+  certDir = "/var/lib/aistack/certs";
+  webroot = "/var/lib/aistack-webroot";
+  live = "${certDir}/${name}";
+  gatewayAddress = lib.head top.validation.listen;
+  metricsFile = "${top.metricsDirectory}/aistack-acme.prom";
+  standalone = cfg.challenge == "standalone";
+in
+{
+  options.services.aiStack.acme = {
+    enable = mkEnableOption "native ACME (RFC 8555) certificates that renew themselves";
+
+    domains = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "ai.example.org" "www.ai.example.org" ];
+      description = "Names on the certificate; the first one names it (`/var/lib/aistack/certs/<first>/`).";
+    };
+
+    email = mkOption {
+      type = types.str;
+      default = "";
+      example = "admin@example.org";
+      description = "Contact address given to the CA (changing it updates the account).";
+    };
+
+    acceptTerms = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Accept the CA's terms of service (required to create an account).";
+    };
+
+    server = mkOption {
+      type = types.str;
+      default = "https://acme-v02.api.letsencrypt.org/directory";
+      description = "ACME directory URL.";
+    };
+
+    staging = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Use the Let's Encrypt staging directory, to rehearse without rate limits.";
+    };
+
+    caBundle = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "Trust roots for a private ACME server's HTTPS API.";
+    };
+
+    keyType = mkOption {
+      type = types.enum [ "ec256" "ec384" "rsa2048" "rsa4096" ];
+      default = "ec256";
+      description = "Certificate key type; changing it brings a new certificate.";
+    };
+
+    renewBeforeDays = mkOption {
+      type = types.ints.between 1 365;
+      default = 30;
+      description = ''
+        Renew this long before expiry, but never later than with a third of the lifetime
+        left; the CA's renewal window (ARI) takes precedence when it offers one.
+      '';
+    };
+
+    challenge = mkOption {
+      type = types.enum [ "webroot" "standalone" ];
+      default = "webroot";
+      description = ''
+        `webroot`: write HTTP-01 tokens where nginx (or the gateway) serves them on port 80;
+        `standalone`: bind port 80 for the length of an issuance.
+      '';
+    };
+
+    eab = {
+      kid = mkOption {
+        type = types.str;
+        default = "";
+        description = "External account binding key id, for CAs that require one.";
+      };
+      hmacKeyFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "File with the base64url EAB HMAC key (passed with `LoadCredential=`).";
+      };
+    };
+
+    schedule = mkOption {
+      type = types.str;
+      default = "daily";
+      description = "How often renewal is considered (`OnCalendar=`); nothing happens unless due.";
+    };
+
+    reloadServices = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "haproxy.service" ];
+      description = "Units reloaded after a certificate changed (only then).";
+    };
+
+    nginx.enable = mkEnableOption ''
+      nginx in front of the gateway: ACME challenges and a redirect on port 80, TLS with
+      this certificate on 443, proxying to the gateway'';
+  };
+
+  config = mkIf (top.enable && cfg.enable) (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = cfg.acceptTerms;
+          message = ''
+            services.aiStack.acme: read the CA's terms of service
+            (https://letsencrypt.org/repository/) and set services.aiStack.acme.acceptTerms = true.
+          '';
+        }
+        {
+          assertion = cfg.domains != [ ];
+          message = "services.aiStack.acme.domains is empty: name at least one domain.";
+        }
+        {
+          assertion = (cfg.eab.kid == "") == (cfg.eab.hmacKeyFile == null);
+          message = "services.aiStack.acme.eab: set both kid and hmacKeyFile, or neither.";
+        }
+        {
+          assertion = !(cfg.nginx.enable && standalone);
+          message = ''
+            services.aiStack.acme: nginx holds port 80, so the standalone challenge cannot bind
+            it. Use challenge = "webroot" with nginx.enable.
+          '';
+        }
+      ];
+
+      services.aiStack.settings.acme = {
+        domains = cfg.domains;
+        email = cfg.email;
+        accept_terms = cfg.acceptTerms;
+        directory_url = cfg.server;
+        staging = cfg.staging;
+        key_type = cfg.keyType;
+        renew_before_days = cfg.renewBeforeDays;
+        challenge = cfg.challenge;
+        webroot = webroot;
+        cert_dir = certDir;
+        state_dir = "/var/lib/aistack/acme";
+        ca_bundle = if cfg.caBundle == null then "" else toString cfg.caBundle;
+        eab_kid = cfg.eab.kid;
+        eab_hmac_key_file = if cfg.eab.hmacKeyFile == null then "" else "acme-eab-hmac";
+      };
+      services.aiStack.acme.reloadServices = lib.optional cfg.nginx.enable "nginx.service";
+
+      # Readable by nginx's workers, which serve the tokens.
+      systemd.tmpfiles.rules = [ "d ${webroot} 0755 ${top.user} ${top.group} - -" ];
+
+      # Before the first issuance a self-signed pair stands where the certificate goes, so
+      # nginx and the gateway can start with TLS at all.
+      systemd.services.aistack-acme-placeholder = {
+        description = "aistack: placeholder certificate until the first real one";
+        wantedBy = [ "multi-user.target" ];
+        before = [ "nginx.service" "aistack-gateway.service" ];
+        serviceConfig = top.hardening // {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          User = top.user;
+          Group = top.group;
+          ExecStart = "${exe} acme placeholder --config ${top.configFile}";
+          UMask = "0022";
+        };
+      };
+
+      systemd.services.aistack-acme = {
+        description = "aistack: issue or renew the TLS certificate when due";
+        wants = [ "network-online.target" "aistack-acme-placeholder.service" ];
+        after = [
+          "network-online.target"
+          "aistack-acme-placeholder.service"
+        ] ++ lib.optional cfg.nginx.enable "nginx.service";
+        serviceConfig = top.hardening // {
+          Type = "oneshot";
+          User = top.user;
+          Group = top.group;
+          ExecStart =
+            "${exe} acme renew --config ${top.configFile}"
+            + lib.optionalString (top.metricsDirectory != null) " --metrics-file ${metricsFile}";
+          # "+": as root, to reload other units; it does so only if the certificate changed.
+          ExecStartPost = lib.optional (cfg.reloadServices != [ ]) (
+            "+${exe} acme reload --config ${top.configFile} " + lib.concatStringsSep " " cfg.reloadServices
+          );
+          # Only this unit gets the EAB key.
+          LoadCredential =
+            top.credentials
+            ++ lib.optional (cfg.eab.hmacKeyFile != null) "acme-eab-hmac:${cfg.eab.hmacKeyFile}";
+          ReadWritePaths = [ webroot ] ++ lib.optional (top.metricsDirectory != null) top.metricsDirectory;
+          # Certificates are 0644 (keys 0600 whatever the umask); node_exporter reads the metrics.
+          UMask = "0022";
+          # The standalone challenge binds port 80.
+          AmbientCapabilities = lib.optional standalone "CAP_NET_BIND_SERVICE";
+          CapabilityBoundingSet = lib.optional standalone "CAP_NET_BIND_SERVICE";
+          PrivateUsers = !standalone;
+        };
+      };
+
+      systemd.timers.aistack-acme = {
+        description = "Consider renewing the aistack certificate";
+        wantedBy = [ "timers.target" ];
+        timerConfig = {
+          OnCalendar = cfg.schedule;
+          RandomizedDelaySec = "1h";
+          Persistent = true;
+        };
+      };
+    }
+
+    (mkIf cfg.nginx.enable {
+      networking.firewall.allowedTCPPorts = [ 80 443 ];
+      services.aiStack.validation.trustedProxies = [ "127.0.0.1/32" "::1/128" ];
+      services.nginx = {
+        enable = true;
+        recommendedTlsSettings = true;
+        recommendedProxySettings = true;
+        virtualHosts."${name}-http" = {
+          serverName = name;
+          serverAliases = lib.tail cfg.domains;
+          locations."/.well-known/acme-challenge/".root = webroot;
+          locations."/".return = "301 https://$host$request_uri";
+        };
+        virtualHosts.${name} = {
+          serverAliases = lib.tail cfg.domains;
+          onlySSL = true;
+          sslCertificate = "${live}/fullchain.pem";
+          sslCertificateKey = "${live}/key.pem";
+          locations."/" = mkIf top.validation.enable {
+            proxyPass = "http://${gatewayAddress}";
+          };
+        };
+      };
+      systemd.services.nginx = {
+        wants = [ "aistack-acme-placeholder.service" ];
+        after = [ "aistack-acme-placeholder.service" ];
+      };
+    })
+  ]);
+}

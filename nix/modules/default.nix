@@ -1,0 +1,254 @@
+# services.aiStack: the shared part (package, settings, user, the rendered config file and
+# its build-time check, local PostgreSQL and Qdrant), over one file per capability.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    literalExpression
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    mkPackageOption
+    optional
+    optionalAttrs
+    types
+    ;
+
+  cfg = config.services.aiStack;
+  settingsFormat = pkgs.formats.json { };
+
+  # The one file that is the contract between Nix and the daemon (DESIGN.md keys).
+  configFile = settingsFormat.generate "aistack.json" cfg.settings;
+
+  # A bad configuration.nix fails here, at nixos-rebuild, not at 2 a.m.: the daemon checks
+  # the rendered file with the very code that will read it.
+  checkedConfig =
+    pkgs.runCommand "aistack-config-checked.json"
+      {
+        nativeBuildInputs = [ cfg.package ];
+        # The check reads secrets by name only; none is needed at build time.
+        preferLocalBuild = true;
+      }
+      ''
+        aistack config check --config ${configFile} > /dev/null
+        cp ${configFile} $out
+      '';
+
+  secretOption =
+    what:
+    mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/aistack-${what}";
+      description = ''
+        File holding the ${what}. It is passed to the units with systemd's
+        `LoadCredential=`, so it never enters the Nix store and only the unit can read it.
+      '';
+    };
+in
+{
+  imports = [
+    ./hardening.nix
+    ./validation.nix
+    ./gc.nix
+    ./acme.nix
+  ];
+
+  options.services.aiStack = {
+    enable = mkEnableOption "aistack, the hardening layer of a self-hosted AI stack";
+
+    package = mkPackageOption pkgs "aistack" { } // {
+      defaultText = literalExpression "aistack.packages.\${system}.default";
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "aistack";
+      description = "User the aistack units run as (created when left at the default).";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "aistack";
+      description = "Group the aistack units run as (created when left at the default).";
+    };
+
+    metricsDirectory = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/var/lib/prometheus-node-exporter-text-files";
+      description = ''
+        Directory of node_exporter's textfile collector. When set, the GC and ACME oneshots
+        leave their Prometheus figures there (`aistack-gc.prom`, `aistack-acme.prom`), so a
+        scrape finds them after the job has exited.
+      '';
+    };
+
+    postgres = {
+      createLocally = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Run PostgreSQL on this host (`services.postgresql`) with a database and a role
+          named after `services.aiStack.user`, reached over the Unix socket with peer
+          authentication: no password exists to leak.
+        '';
+      };
+      passwordFile = secretOption "PostgreSQL password";
+    };
+
+    qdrant = {
+      createLocally = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Run Qdrant on this host (`services.qdrant`), listening on 127.0.0.1:6333, and point
+          aistack at it.
+        '';
+      };
+      apiKeyFile = secretOption "Qdrant API key";
+    };
+
+    embedding.apiKeyFile = secretOption "API key of the embedding server";
+
+    settings = mkOption {
+      default = { };
+      description = ''
+        The aistack configuration (RFC 42): rendered to the JSON file the daemon reads, with
+        exactly the keys of `aistack config check`. The capability options
+        (`validation`, `gc`, `acme`) fill in their parts; anything else can be set here.
+        Unknown keys fail the build with a message naming them.
+      '';
+      example = literalExpression ''
+        {
+          embedding.backend = "openai";
+          embedding.url = "http://127.0.0.1:8081/v1";
+          validation.deny_action = "log";
+        }
+      '';
+      type = types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          qdrant = mkOption {
+            default = { };
+            description = "Where the vectors live.";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options.url = mkOption {
+                type = types.str;
+                default = "";
+                example = "http://127.0.0.1:6333";
+                description = "Qdrant server URL (empty with `path` for local mode).";
+              };
+            };
+          };
+          postgres = mkOption {
+            default = { };
+            description = "The learning store's database.";
+            type = types.submodule {
+              freeformType = settingsFormat.type;
+              options.dsn = mkOption {
+                type = types.str;
+                default = "postgresql:///${cfg.user}?host=/run/postgresql";
+                defaultText = literalExpression ''"postgresql:///''${config.services.aiStack.user}?host=/run/postgresql"'';
+                description = "libpq connection URL of the learning store.";
+              };
+            };
+          };
+        };
+      };
+    };
+
+    configFile = mkOption {
+      type = types.path;
+      readOnly = true;
+      default = checkedConfig;
+      defaultText = literalExpression "the rendered settings, checked by `aistack config check`";
+      description = "The configuration file the units read (also `system.build.aistackConfig`).";
+    };
+
+    credentials = mkOption {
+      type = types.listOf types.str;
+      internal = true;
+      default = [ ];
+      description = "`LoadCredential=` entries shared by every aistack unit.";
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      services.aiStack.settings = mkMerge [
+        (mkIf cfg.qdrant.createLocally { qdrant.url = "http://127.0.0.1:6333"; })
+        (mkIf (cfg.postgres.passwordFile != null) { postgres.password_file = "postgres-password"; })
+        (mkIf (cfg.qdrant.apiKeyFile != null) { qdrant.api_key_file = "qdrant-api-key"; })
+        (mkIf (cfg.embedding.apiKeyFile != null) { embedding.api_key_file = "embedding-api-key"; })
+      ];
+
+      services.aiStack.credentials =
+        optional (cfg.postgres.passwordFile != null) "postgres-password:${cfg.postgres.passwordFile}"
+        ++ optional (cfg.qdrant.apiKeyFile != null) "qdrant-api-key:${cfg.qdrant.apiKeyFile}"
+        ++ optional (cfg.embedding.apiKeyFile != null) "embedding-api-key:${cfg.embedding.apiKeyFile}";
+
+      assertions = [
+        {
+          assertion = (cfg.settings.qdrant.url or "") != "" || (cfg.settings.qdrant.path or "") != "";
+          message = ''
+            services.aiStack: no Qdrant. Set services.aiStack.qdrant.createLocally = true, or
+            services.aiStack.settings.qdrant.url to a Qdrant server.
+          '';
+        }
+        {
+          assertion = !((cfg.settings.qdrant.url or "") != "" && (cfg.settings.qdrant.path or "") != "");
+          message = ''
+            services.aiStack.settings.qdrant: set url (a Qdrant server) or path (local mode),
+            not both. Local mode admits one process, so the units need a server.
+          '';
+        }
+      ];
+
+      users.users = optionalAttrs (cfg.user == "aistack") {
+        aistack = {
+          isSystemUser = true;
+          group = cfg.group;
+          home = "/var/lib/aistack";
+          description = "aistack daemon";
+        };
+      };
+      users.groups = optionalAttrs (cfg.group == "aistack") { aistack = { }; };
+
+      environment.systemPackages = [ cfg.package ];
+      system.build.aistackConfig = checkedConfig;
+    }
+
+    (mkIf cfg.postgres.createLocally {
+      services.postgresql = {
+        enable = true;
+        ensureDatabases = [ cfg.user ];
+        ensureUsers = [
+          {
+            name = cfg.user;
+            ensureDBOwnership = true;
+          }
+        ];
+      };
+    })
+
+    (mkIf cfg.qdrant.createLocally {
+      services.qdrant = {
+        enable = true;
+        settings = {
+          service.host = "127.0.0.1";
+          service.http_port = 6333;
+          telemetry_disabled = true;
+        };
+      };
+    })
+  ]);
+
+  meta.maintainers = [ ];
+}

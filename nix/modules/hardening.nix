@@ -1,0 +1,52 @@
+# One hardening set for every aistack unit; each relaxation is made where it is needed,
+# with the reason beside it.
+{ lib, ... }:
+{
+  options.services.aiStack.hardening = lib.mkOption {
+    type = lib.types.attrsOf lib.types.anything;
+    internal = true;
+    readOnly = true;
+    description = "systemd sandboxing shared by the aistack units.";
+    default = {
+      NoNewPrivileges = true;
+      PrivateTmp = true;
+      PrivateDevices = true;
+      PrivateUsers = true;
+      ProtectSystem = "strict";
+      ProtectHome = true;
+      ProtectHostname = true;
+      ProtectClock = true;
+      ProtectKernelTunables = true;
+      ProtectKernelModules = true;
+      ProtectKernelLogs = true;
+      ProtectControlGroups = true;
+      ProtectProc = "invisible";
+      ProcSubset = "pid";
+      RestrictAddressFamilies = [
+        "AF_UNIX"
+        "AF_INET"
+        "AF_INET6"
+      ];
+      RestrictNamespaces = true;
+      RestrictRealtime = true;
+      RestrictSUIDSGID = true;
+      LockPersonality = true;
+      # Python's ctypes/cffi callbacks (used under onnxruntime and cryptography) need
+      # writable-executable memory.
+      MemoryDenyWriteExecute = false;
+      RemoveIPC = true;
+      SystemCallArchitectures = "native";
+      SystemCallFilter = [
+        "@system-service"
+        "~@privileged"
+        "~@resources"
+      ];
+      CapabilityBoundingSet = "";
+      AmbientCapabilities = "";
+      DevicePolicy = "closed";
+      UMask = "0077";
+      StateDirectory = "aistack";
+      StateDirectoryMode = "0750";
+    };
+  };
+}

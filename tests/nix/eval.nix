@@ -1,0 +1,67 @@
+# Evaluate the aistack NixOS module with nixpkgs' `lib` and stub NixOS options; return
+# what a test checks as JSON-able data. Used by tests/test_nix_module.py.
+{
+  nixpkgsLib,
+  configuration,
+}:
+let
+  lib = import (nixpkgsLib + "/lib");
+
+  # What the module takes from `pkgs`: stand-ins that evaluate without building.
+  jsonValue =
+    with lib.types;
+    let
+      valueType = nullOr (oneOf [
+        bool
+        int
+        float
+        str
+        path
+        (attrsOf valueType)
+        (listOf valueType)
+      ]);
+    in
+    valueType;
+  package = {
+    type = "derivation";
+    name = "aistack";
+    outPath = "/nix/store/00000000000000000000000000000000-aistack";
+    outputs = [ "out" ];
+    meta.mainProgram = "aistack";
+  };
+  pkgs = {
+    formats.json = _: {
+      type = jsonValue;
+      generate = name: _value: "/nix/store/00000000000000000000000000000000-${name}";
+    };
+    runCommand = name: _env: _script: "/nix/store/00000000000000000000000000000000-${name}";
+    coreutils = {
+      outPath = "/nix/store/00000000000000000000000000000000-coreutils";
+    };
+    aistack = package;
+  };
+
+  evaluated = lib.evalModules {
+    modules = [
+      ./stubs.nix
+      ../../nix/modules
+      { _module.args.pkgs = pkgs; }
+      configuration
+    ];
+  };
+  inherit (evaluated) config;
+  aistackUnits = lib.filterAttrs (name: _: lib.hasPrefix "aistack" name);
+in
+{
+  failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+  settings = config.services.aiStack.settings;
+  services = aistackUnits config.systemd.services;
+  timers = aistackUnits config.systemd.timers;
+  nginxService = config.systemd.services.nginx or null;
+  tmpfiles = config.systemd.tmpfiles.rules;
+  firewall = config.networking.firewall.allowedTCPPorts;
+  users = config.users.users;
+  postgresql = config.services.postgresql;
+  qdrant = config.services.qdrant;
+  nginx = config.services.nginx;
+}

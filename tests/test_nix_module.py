@@ -1,0 +1,258 @@
+"""The NixOS module, evaluated here with nixpkgs' `lib` alone (no nixpkgs, no builds).
+
+`AISTACK_NIXPKGS_LIB` names a checkout of nix-community/nixpkgs.lib (it holds `lib/`);
+without it the evaluation tests skip and say so. Every `.nix` file is parsed regardless.
+The settings the module renders are fed to the daemon's own config model, so the module
+and the daemon cannot disagree on a key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aistack.config import ConfigError, validate_config
+from tests.tools import tool_missing
+
+ROOT = Path(__file__).parents[1]
+EVAL = ROOT / "tests" / "nix" / "eval.nix"
+
+
+def nix_instantiate() -> str:
+    found = shutil.which("nix-instantiate")
+    if found is None:
+        tool_missing("nix-instantiate", "apt-get install nix-bin")
+    return found
+
+
+def nixpkgs_lib() -> Path:
+    value = os.environ.get("AISTACK_NIXPKGS_LIB", "")
+    if not value or not (Path(value) / "lib" / "default.nix").is_file():
+        pytest.skip(
+            "nixpkgs' lib is missing: set AISTACK_NIXPKGS_LIB to a checkout of "
+            "https://github.com/nix-community/nixpkgs.lib (the directory holding lib/)"
+        )
+    return Path(value)
+
+
+def evaluate(configuration: str) -> dict[str, Any]:
+    expression = (
+        f"(import {EVAL}) {{ nixpkgsLib = {nixpkgs_lib()}; configuration = {configuration}; }}"
+    )
+    result = subprocess.run(
+        [nix_instantiate(), "--eval", "--strict", "--json", "-E", expression],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise NixError(result.stderr)
+    return json.loads(result.stdout)
+
+
+class NixError(Exception):
+    pass
+
+
+FULL = """{
+  services.aiStack = {
+    enable = true;
+    metricsDirectory = "/var/lib/prometheus-node-exporter-text-files";
+    postgres.passwordFile = "/run/secrets/pg";
+    validation = {
+      enable = true;
+      listen = [ "127.0.0.1:8080" ];
+      collections = [ "nixos_docs" "solved_issues" ];
+      rateLimits = [ "30/minute" "500/hour" ];
+      openFirewall = true;
+    };
+    gc = {
+      enable = true;
+      maxSolutions = 50000;
+      minValueScore = 0.4;
+      schedule = "hourly";
+    };
+    acme = {
+      enable = true;
+      domains = [ "ai.example.org" "www.ai.example.org" ];
+      email = "admin@example.org";
+      acceptTerms = true;
+      nginx.enable = true;
+      eab = { kid = "kid-1"; hmacKeyFile = "/run/secrets/eab"; };
+    };
+  };
+}"""
+
+
+def test_every_nix_file_parses():
+    files = sorted(p for p in ROOT.rglob("*.nix") if ".git" not in p.parts)
+    assert len(files) >= 8
+    for file in files:
+        result = subprocess.run(
+            [nix_instantiate(), "--parse", str(file)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"{file}: {result.stderr}"
+
+
+def test_full_configuration_units_timers_and_hardening():
+    out = evaluate(FULL)
+    assert out["failedAssertions"] == []
+    services = out["services"]
+    assert set(services) == {
+        "aistack-gateway",
+        "aistack-gc",
+        "aistack-acme",
+        "aistack-acme-placeholder",
+    }
+    gateway = services["aistack-gateway"]["serviceConfig"]
+    assert gateway["Type"] == "notify"
+    assert gateway["ExecReload"].endswith("kill -HUP $MAINPID")
+    assert " db migrate --config " in gateway["ExecStartPre"]
+    assert gateway["ExecStart"].endswith(
+        "aistack gateway --config " + gateway["ExecStart"].split()[-1]
+    )
+    assert gateway["LoadCredential"] == ["postgres-password:/run/secrets/pg"]
+    for name, unit in services.items():
+        config = unit["serviceConfig"]
+        assert config["User"] == "aistack", name
+        assert config["NoNewPrivileges"] is True, name
+        assert config["ProtectSystem"] == "strict", name
+        assert config["SystemCallFilter"][0] == "@system-service", name
+
+    gc = services["aistack-gc"]["serviceConfig"]
+    assert gc["Type"] == "oneshot"
+    assert gc["ExecStart"].endswith(
+        "--metrics-file /var/lib/prometheus-node-exporter-text-files/aistack-gc.prom"
+    )
+    assert out["timers"]["aistack-gc"]["timerConfig"] == {
+        "OnCalendar": "hourly",
+        "RandomizedDelaySec": "15m",
+        "Persistent": True,
+    }
+    assert out["timers"]["aistack-gc"]["wantedBy"] == ["timers.target"]
+
+    acme = services["aistack-acme"]["serviceConfig"]
+    assert " acme renew --config " in acme["ExecStart"]
+    assert acme["ExecStartPost"] == [
+        acme["ExecStart"].split(" acme ")[0].replace("/nix", "+/nix", 1)
+        + " acme reload --config "
+        + acme["ExecStart"].split("--config ")[1].split()[0]
+        + " nginx.service"
+    ]
+    assert "acme-eab-hmac:/run/secrets/eab" in acme["LoadCredential"]
+    assert acme["AmbientCapabilities"] == []  # webroot: no port 80 of its own
+    assert out["timers"]["aistack-acme"]["timerConfig"]["Persistent"] is True
+    placeholder = services["aistack-acme-placeholder"]
+    assert "nginx.service" in placeholder["before"]
+    assert placeholder["serviceConfig"]["RemainAfterExit"] is True
+
+    assert sorted(out["firewall"]) == [80, 443, 8080]
+    vhost = out["nginx"]["virtualHosts"]["ai.example.org"]
+    assert vhost["onlySSL"] is True
+    assert vhost["sslCertificate"] == "/var/lib/aistack/certs/ai.example.org/fullchain.pem"
+    assert vhost["sslCertificateKey"] == "/var/lib/aistack/certs/ai.example.org/key.pem"
+    assert vhost["locations"]["/"]["proxyPass"] == "http://127.0.0.1:8080"
+    http = out["nginx"]["virtualHosts"]["ai.example.org-http"]
+    assert http["locations"]["/.well-known/acme-challenge/"]["root"] == "/var/lib/aistack-webroot"
+    assert http["locations"]["/"]["return"] == "301 https://$host$request_uri"
+    assert out["postgresql"]["ensureDatabases"] == ["aistack"]
+    assert out["qdrant"]["enable"] is True
+
+
+def test_rendered_settings_are_a_valid_daemon_config():
+    settings = evaluate(FULL)["settings"]
+    config = validate_config(settings)
+    assert config.validation.rate_limits == ["30/minute", "500/hour"]
+    assert config.gc.max_solutions == 50000 and config.gc.min_value_score == 0.4
+    assert config.acme.domains == ["ai.example.org", "www.ai.example.org"]
+    assert config.acme.eab_hmac_key_file == "acme-eab-hmac"
+    assert config.postgres.password_file == "postgres-password"
+    assert config.qdrant.url == "http://127.0.0.1:6333"
+    assert config.gateway.trusted_proxies == ["127.0.0.1/32", "::1/128"]
+
+
+def test_a_settings_typo_is_caught_by_the_daemons_check():
+    settings = evaluate(
+        '{ services.aiStack = { enable = true; settings.validation.deny_actoin = "log"; }; }'
+    )["settings"]
+    with pytest.raises(ConfigError, match=r"unknown key 'validation\.deny_actoin'"):
+        validate_config(settings)
+
+
+@pytest.mark.parametrize(
+    ("configuration", "message"),
+    [
+        (
+            "{ services.aiStack = { enable = true;"
+            ' acme = { enable = true; domains = [ "a.example" ]; }; }; }',
+            "set services.aiStack.acme.acceptTerms = true",
+        ),
+        (
+            "{ services.aiStack = { enable = true;"
+            " acme = { enable = true; acceptTerms = true; }; }; }",
+            "services.aiStack.acme.domains is empty",
+        ),
+        (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' domains = [ "a.example" ]; challenge = "standalone"; nginx.enable = true; }; }; }',
+            "the standalone challenge cannot bind",
+        ),
+        (
+            "{ services.aiStack = { enable = true; qdrant.createLocally = false; }; }",
+            "services.aiStack: no Qdrant",
+        ),
+        (
+            "{ services.aiStack = { enable = true; gc.enable = true;"
+            ' postgres.createLocally = false; settings.postgres.dsn = ""; }; }',
+            "services.aiStack.gc needs PostgreSQL",
+        ),
+    ],
+)
+def test_assertions_say_what_to_do(configuration, message):
+    failed = evaluate(configuration)["failedAssertions"]
+    assert any(message in text for text in failed), failed
+
+
+@pytest.mark.parametrize(
+    ("configuration", "error"),
+    [
+        ("{ services.aiStack.gc.maxSolution = 5; }", "maxSolution' does not exist"),
+        (
+            '{ services.aiStack.validation.collections = [ "bad name!" ]; }',
+            "is not of type",
+        ),
+        ('{ services.aiStack.acme.keyType = "dsa"; }', "is not of type"),
+        ("{ services.aiStack.gc.minValueScore = 1.5; }", "is not of type"),
+    ],
+)
+def test_misspelled_options_and_bad_values_fail_evaluation(configuration, error):
+    with pytest.raises(NixError, match=error):
+        evaluate(
+            "{ imports = [ { services.aiStack = { enable = true; validation.enable = true;"
+            " gc.enable = true; acme = { enable = true; acceptTerms = true;"
+            f' domains = [ "a.example" ]; }}; }}; }} {configuration} ]; }}'
+        )
+
+
+def test_standalone_challenge_gets_port_80_and_nothing_else():
+    out = evaluate(
+        "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+        ' domains = [ "a.example" ]; challenge = "standalone"; }; }; }'
+    )
+    acme = out["services"]["aistack-acme"]["serviceConfig"]
+    assert acme["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
+    assert acme["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert "ExecStartPost" not in acme or acme["ExecStartPost"] == []
+    assert out["nginx"]["enable"] is False
+
+
+def test_disabled_module_adds_nothing():
+    out = evaluate("{ services.aiStack.enable = false; }")
+    assert out["services"] == {} and out["timers"] == {}
+    assert out["postgresql"]["enable"] is False
