@@ -256,3 +256,15 @@ def test_disabled_module_adds_nothing():
     out = evaluate("{ services.aiStack.enable = false; }")
     assert out["services"] == {} and out["timers"] == {}
     assert out["postgresql"]["enable"] is False
+
+
+def test_options_reference_is_current_and_complete():
+    from tests.nix_options import DOC, options_data, render
+
+    options = options_data(nixpkgs_lib(), nix_instantiate())
+    assert DOC.read_text() == render(options), (
+        "docs/options.md is stale: run AISTACK_NIXPKGS_LIB=... python3 -m tests.nix_options"
+    )
+    missing = [o["name"] for o in options if not o["description"].strip()]
+    assert not missing, f"options without a description: {missing}"
+    assert len(options) >= 40

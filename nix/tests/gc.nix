@@ -1,0 +1,63 @@
+# The GC as a NixOS admin meets it: backdated rows go when aistack-gc.service runs, the
+# archive restores them, and the timer is listed.
+{ self }:
+{
+  name = "aistack-gc";
+
+  nodes.machine = {
+    imports = [ self.nixosModules.default ];
+    virtualisation.memorySize = 3072;
+    services.aiStack = {
+      enable = true;
+      metricsDirectory = "/var/lib/prometheus-node-exporter-text-files";
+      validation.enable = true;
+      gc.enable = true;
+    };
+    systemd.tmpfiles.rules = [ "d /var/lib/prometheus-node-exporter-text-files 0755 aistack aistack - -" ];
+  };
+
+  testScript =
+    { nodes, ... }:
+    let
+      configFile = nodes.machine.services.aiStack.configFile;
+    in
+    ''
+      def learn(query, score):
+          machine.succeed(
+              "curl -sf -X POST http://127.0.0.1:8080/hybrid/learn -H 'Content-Type: application/json'"
+              f" -d '{{\"query\": \"{query}\", \"solution\": \"s\", \"value_score\": {score}}}'"
+          )
+
+      def sql(statement):
+          return machine.succeed(f"sudo -u aistack psql -tA aistack -c \"{statement}\"").strip()
+
+      machine.wait_for_unit("aistack-gateway.service")
+      machine.wait_for_open_port(8080)
+
+      with subtest("timer listed"):
+          machine.succeed("systemctl list-timers | grep -q aistack-gc.timer")
+
+      with subtest("backdated low-value rows are removed by a run"):
+          learn("How do I enable flakes?", 0.3)
+          learn("How do I configure the firewall?", 0.9)
+          sql("UPDATE solved_issues SET created_at = now() - interval '40 days'")
+          machine.succeed("systemctl start aistack-gc.service")
+          assert sql("SELECT count(*) FROM solved_issues") == "1"
+          assert sql("SELECT sum(cardinality(ids)) FROM solved_issues_archive") == "1"
+          machine.succeed("journalctl -u aistack-gc | grep -q event=gc.run")
+          metrics = machine.succeed("cat /var/lib/prometheus-node-exporter-text-files/aistack-gc.prom")
+          assert 'hybrid_gc_solutions_deleted_total{reason="expired"} 1.0' in metrics, metrics
+
+      with subtest("restore puts the row back"):
+          machine.succeed(f"sudo -u aistack aistack gc restore --config ${configFile} --run 1")
+          assert sql("SELECT count(*) FROM solved_issues") == "2"
+          status = machine.succeed(f"sudo -u aistack aistack gc status --config ${configFile}")
+          assert "run 1" in status, status
+
+      with subtest("systemd-analyze security"):
+          report = machine.succeed("systemd-analyze security aistack-gc.service")
+          print(report)
+          exposure = float(report.strip().splitlines()[-1].split()[4])
+          assert exposure <= 2.0, f"exposure {exposure}"
+    '';
+}
