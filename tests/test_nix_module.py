@@ -146,7 +146,8 @@ def test_full_configuration_units_timers_and_hardening():
         + " nginx.service"
     ]
     assert "acme-eab-hmac:/run/secrets/eab" in acme["LoadCredential"]
-    assert acme["AmbientCapabilities"] == []  # webroot: no port 80 of its own
+    assert acme["AmbientCapabilities"] == ""  # webroot: no capability at all
+    assert acme["CapabilityBoundingSet"] == ""
     assert out["timers"]["aistack-acme"]["timerConfig"]["Persistent"] is True
     placeholder = services["aistack-acme-placeholder"]
     assert "nginx.service" in placeholder["before"]
@@ -246,8 +247,8 @@ def test_standalone_challenge_gets_port_80_and_nothing_else():
         ' domains = [ "a.example" ]; challenge = "standalone"; }; }; }'
     )
     acme = out["services"]["aistack-acme"]["serviceConfig"]
-    assert acme["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
-    assert acme["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert acme["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
+    assert acme["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
     assert "ExecStartPost" not in acme or acme["ExecStartPost"] == []
     assert out["nginx"]["enable"] is False
 
@@ -268,3 +269,40 @@ def test_options_reference_is_current_and_complete():
     missing = [o["name"] for o in options if not o["description"].strip()]
     assert not missing, f"options without a description: {missing}"
     assert len(options) >= 40
+
+
+def unit_file(unit: dict[str, Any]) -> str:
+    """A unit file as NixOS writes one: a list gives one line per item (none when empty)."""
+    lines = ["[Unit]", f"Description={unit['description']}", "", "[Service]"]
+    for key, value in unit["serviceConfig"].items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            text = ("yes" if item else "no") if isinstance(item, bool) else str(item)
+            lines.append(f"{key}={text}")
+    return "\n".join(lines) + "\n"
+
+
+def exposure(unit_path: Path) -> float:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        tool_missing("systemd-analyze", "apt-get install systemd")
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", str(unit_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    return float(last.split(":")[1].split()[0])
+
+
+def test_systemd_analyze_security_of_the_units(tmp_path):
+    services = evaluate(FULL)["services"]
+    scores = {}
+    for name, unit in services.items():
+        path = tmp_path / f"{name}.service"
+        path.write_text(unit_file(unit))
+        scores[name] = exposure(path)
+    print("systemd-analyze security --offline:", scores)
+    assert scores["aistack-gateway"] <= 2.0
+    assert scores["aistack-gc"] <= 2.0
+    assert scores["aistack-acme"] <= 2.0
+    assert scores["aistack-acme-placeholder"] <= 2.0

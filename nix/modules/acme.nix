@@ -211,9 +211,10 @@ in
           ReadWritePaths = [ webroot ] ++ lib.optional (top.metricsDirectory != null) top.metricsDirectory;
           # Certificates are 0644 (keys 0600 whatever the umask); node_exporter reads the metrics.
           UMask = "0022";
-          # The standalone challenge binds port 80.
-          AmbientCapabilities = lib.optional standalone "CAP_NET_BIND_SERVICE";
-          CapabilityBoundingSet = lib.optional standalone "CAP_NET_BIND_SERVICE";
+          # The standalone challenge binds port 80; otherwise no capability at all (an empty
+          # list would render no line, which systemd reads as "all capabilities").
+          AmbientCapabilities = if standalone then "CAP_NET_BIND_SERVICE" else "";
+          CapabilityBoundingSet = if standalone then "CAP_NET_BIND_SERVICE" else "";
           PrivateUsers = !standalone;
         };
       };
