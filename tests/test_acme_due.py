@@ -229,3 +229,28 @@ def test_an_open_ari_window_makes_the_certificate_due(tmp_path):
         assert certfiles.read_installed(Path(config.cert_dir), "example.org") is not None
     finally:
         server.close()
+
+
+def test_staging_uses_the_lets_encrypt_staging_directory(tmp_path):
+    config = validate_config({"qdrant": {"path": str(tmp_path)}, "acme": {"staging": True}}).acme
+    assert config.directory == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    plain = validate_config({"qdrant": {"path": str(tmp_path)}}).acme
+    assert plain.directory == "https://acme-v02.api.letsencrypt.org/directory"
+
+
+def test_retry_after_is_read_in_both_forms_and_lengthens_the_back_off():
+    from email.utils import format_datetime
+
+    from aistack.acme.protocol import _retry_after_seconds
+    from aistack.acme.renew import backoff
+
+    assert _retry_after_seconds("120") == 120.0
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)
+    seconds = _retry_after_seconds(format_datetime(later, usegmt=True))
+    assert seconds is not None and 3 * 3600 - 5 <= seconds <= 3 * 3600
+    assert _retry_after_seconds("soon") is None and _retry_after_seconds(None) is None
+    assert backoff(1, None) == datetime.timedelta(hours=1)
+    assert backoff(3, None) == datetime.timedelta(hours=4)
+    assert backoff(30, None) == datetime.timedelta(days=1)
+    # A rate-limited CA saying "come back in 3 days" wins over our own schedule.
+    assert backoff(1, 3 * 86400) == datetime.timedelta(days=3)
