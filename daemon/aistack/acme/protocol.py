@@ -227,20 +227,26 @@ class AcmeClient:
         self.accounts.save_registration(uri, email)
         return uri
 
-    def issue(self, domains: list[str], key_pem: bytes, responder: Responder) -> str:
-        """Order, answer HTTP-01, finalize, download: the full chain PEM."""
+    def issue(
+        self, domains: list[str], key_pem: bytes, open_responder: Callable[[], Responder]
+    ) -> str:
+        """Order, answer HTTP-01, finalize, download: the full chain PEM.
+
+        The responder is opened only if some name still needs validating: when the CA
+        still trusts earlier validations, no port is bound and no file is written."""
         csr = crypto_util.make_csr(key_pem, domains)
         order = with_nonce_retries(lambda: self.client.new_order(csr))
         deadline = time.monotonic() + ORDER_DEADLINE_SECONDS
-        try:
-            for authorization in order.authorizations:
-                if authorization.body.status == messages.STATUS_VALID:
-                    continue  # the CA still trusts an earlier validation
-                self._answer(authorization, responder)
-            for authorization in order.authorizations:
-                self._wait_valid(authorization, deadline)
-        finally:
-            responder.clear()
+        pending = [a for a in order.authorizations if a.body.status != messages.STATUS_VALID]
+        if pending:
+            responder = open_responder()
+            try:
+                for authorization in pending:
+                    self._answer(authorization, responder)
+                for authorization in pending:
+                    self._wait_valid(authorization, deadline)
+            finally:
+                responder.close()
         with_nonce_retries(lambda: self._begin_finalization(order))
         return self._wait_certificate(order, deadline)
 

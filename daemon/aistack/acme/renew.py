@@ -197,11 +197,7 @@ def _issue_with_retries(acme: AcmeClient, config: AcmeConfig) -> tuple[str, byte
         key_pem = keys.to_pem(keys.generate(config.key_type))
         try:
             acme.register()
-            responder = open_responder(config)
-            try:
-                return acme.issue(config.domains, key_pem, responder), key_pem
-            finally:
-                responder.close()
+            return acme.issue(config.domains, key_pem, lambda: open_responder(config)), key_pem
         except ChallengeSetupError as error:
             raise AcmeFailure(str(error), retryable=False) from None
         except messages.Error as error:
