@@ -16,7 +16,7 @@ def test_an_altered_model_file_is_refused(tmp_path):
     shutil.copy(sources["tokenizer.json"], copy)
     with copy.open("ab") as file:
         file.write(b" ")
-    with pytest.raises(EmbedderError, match="has sha256 .* expected be50c362"):
+    with pytest.raises(EmbedderError, match=r"has sha256 .* expected be50c362"):
         bundled.verify({**sources, "tokenizer.json": copy})
 
 
