@@ -7,7 +7,6 @@ import datetime
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -22,13 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from aistack.stores.private_postgres import free_port
 from tests.tools import tool_missing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_api_certificate(directory: Path) -> tuple[Path, Path, Path]:

@@ -3,23 +3,16 @@ and the gateway recovers by itself when the dependency is back."""
 
 from __future__ import annotations
 
-import socket
-
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from qdrant_client import QdrantClient
 
 from aistack.config import validate_config
 from aistack.embedding.remote import OpenAIEmbedder
+from aistack.stores.private_postgres import free_port
 from aistack.stores.qdrant import VectorStore
 
 SEARCH = {"collection": "nixos_docs", "query": "configure the firewall"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def search(server):

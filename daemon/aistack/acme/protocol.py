@@ -16,7 +16,6 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,13 +89,6 @@ def with_nonce_retries(step: Callable[[], T]) -> T:
                 raise
             log.info("acme.bad_nonce_retry", attempt=attempt + 1)
     raise AssertionError("unreachable")
-
-
-@dataclass
-class Account:
-    key: keys.PrivateKey
-    uri: str
-    email: str
 
 
 class AccountStore:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,6 @@ class Outcome:
     error: str | None = None
     problem: dict[str, Any] | None = None
     not_after: datetime.datetime | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         parts = [self.name, self.action]

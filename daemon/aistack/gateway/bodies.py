@@ -33,10 +33,6 @@ async def defer_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-def declared_length(request: web.Request) -> int | None:
-    return request.content_length
-
-
 async def read_body(request: web.Request, limit: int) -> bytes:
     if (
         request.version == HttpVersion11

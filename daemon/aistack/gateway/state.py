@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -64,7 +64,6 @@ class GatewayState:
     pool: asyncpg.Pool | None = None
     totals: CollectionTotals | None = None
     learn_collection_ready: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 STATE = web.AppKey("aistack_state", GatewayState)

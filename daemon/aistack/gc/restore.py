@@ -25,7 +25,6 @@ from aistack.stores.schema import require_current
 from aistack.stores.solutions import COLLECTION, COLUMNS, connection, point_payload
 
 log = EventLog("gc")
-REASONS = ("expired", "pruned", "duplicate")
 EMBED_BATCH = 256
 
 
