@@ -18,7 +18,7 @@ from aistack.gateway import handlers, learn
 from aistack.gateway.access import load_access
 from aistack.gateway.bodies import defer_continue
 from aistack.gateway.metrics import GatewayMetrics
-from aistack.gateway.middleware import guard, observe
+from aistack.gateway.middleware import gate
 from aistack.gateway.openapi import build_openapi
 from aistack.gateway.ratelimit import (
     create_rate_limiter,
@@ -64,9 +64,7 @@ def create_app(
     )
     # client_max_size is a backstop only: bodies are read by bodies.read_body, which
     # refuses earlier and without buffering.
-    app = web.Application(
-        middlewares=[observe, guard], client_max_size=config.gateway.max_body_bytes
-    )
+    app = web.Application(middlewares=[gate], client_max_size=config.gateway.max_body_bytes)
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/vector/search", handlers.search, expect_handler=defer_continue)

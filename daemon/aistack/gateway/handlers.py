@@ -1,4 +1,4 @@
-"""The gateway's endpoints. Each one assumes `middleware.guard` has already run."""
+"""The gateway's endpoints. Each one assumes `middleware.gate` has already run."""
 
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ async def body_or_answer(state: GatewayState, request: web.Request) -> bytes | w
     try:
         return await read_body(request, limit)
     except BodyTooLarge:
-        state.metrics.validation_failures.labels("body_too_large").inc()
+        state.metrics.rejected("body_too_large")
         return too_large(limit)
     except BodyTooSlow:
-        state.metrics.validation_failures.labels("body_too_slow").inc()
+        state.metrics.rejected("body_too_slow")
         return error_answer(408, "body: not received within the deadline")
 
 
@@ -46,7 +46,7 @@ async def search(request: web.Request) -> web.Response:
     body = await body_or_answer(state, request)
     if isinstance(body, web.Response):
         return body
-    # guard() has checked the key already; looking it up again costs one sha256 and
+    # gate() has checked the key already; looking it up again costs one sha256 and
     # keeps per-request state out of the request object.
     grant = state.access.grant_for(request.headers.get("Authorization")) if state.access else None
     allowed = grant.collections if grant is not None else state.collections
@@ -54,12 +54,12 @@ async def search(request: web.Request) -> web.Response:
         query = parse_request(state.search_model, body, allowed)
     except RequestRejected as rejected:
         for problem in rejected.problems:
-            state.metrics.validation_failures.labels(problem.reason).inc()
+            state.metrics.rejected(problem.reason)
         return problems_answer(rejected.problems)
 
     pattern = state.rules.first_match(query.query)
     if pattern is not None:
-        state.metrics.validation_failures.labels("deny_pattern").inc()
+        state.metrics.rejected("deny_pattern")
         log.warning(
             "gateway.deny_pattern",
             pattern=pattern,
@@ -107,7 +107,7 @@ def page_total(cached: int, offset: int, returned: int, has_more: bool) -> int:
 
 
 def dependency_down(state: GatewayState, name: str, error: Exception) -> web.Response:
-    state.metrics.dependency_errors.labels(name).inc()
+    state.metrics.dependency_down(name)
     log.warning("gateway.dependency_unavailable", dependency=name, error=str(error)[:300])
     return unavailable_answer(name)
 

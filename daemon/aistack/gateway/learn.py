@@ -45,7 +45,7 @@ async def learn(request: web.Request) -> web.Response:
         item = parse_request(LearnRequest, body)
     except RequestRejected as rejected:
         for problem in rejected.problems:
-            state.metrics.validation_failures.labels(problem.reason).inc()
+            state.metrics.rejected(problem.reason)
         return problems_answer(rejected.problems)
     state.metrics.query_size.observe(len(item.query.encode()))
 

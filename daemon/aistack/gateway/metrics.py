@@ -50,9 +50,10 @@ class GatewayMetrics:
             "Clients the in-process rate limiter holds state for",
             registry=registry,
         )
-        # labels() takes a lock and builds a key on every call; the per-request series
-        # are few (endpoints x statuses), so their children are looked up once.
+        # labels() takes a lock and builds a key on every call (about 9 us); every label
+        # set here is small and fixed, so each child is looked up once and kept.
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._counter_children: dict[tuple[Counter, str], Any] = {}
         self.dependency_errors = Counter(
             "aistack_dependency_unavailable",
             "Requests answered 503 because a dependency did not answer",
@@ -70,3 +71,18 @@ class GatewayMetrics:
             self._request_children[(endpoint, status)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def _count(self, counter: Counter, label: str) -> None:
+        child = self._counter_children.get((counter, label))
+        if child is None:
+            child = self._counter_children[(counter, label)] = counter.labels(label)
+        child.inc()
+
+    def rejected(self, reason: str) -> None:
+        self._count(self.validation_failures, reason)
+
+    def limited(self, window: str) -> None:
+        self._count(self.rate_limited, window)
+
+    def dependency_down(self, dependency: str) -> None:
+        self._count(self.dependency_errors, dependency)
