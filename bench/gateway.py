@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Gateway benchmark: requests/s and p50/p99 latency under wrk, on loopback, in one run.
 
-    python3 bench/gateway.py [--duration SECONDS] [--json]
+    python3 bench/gateway.py [--duration SECONDS] [--rounds N] [--json]
 
 Scenarios, each served by its own process (so wrk's figures and the RSS are that
-process's alone), started one after another:
+process's alone). (a), (b) and (c) are measured in turns, a-b-c, for --rounds rounds; each
+row is the median round, and each goal ratio the median of the per-round ratios (a shared
+VM drifts by 20% within minutes; runs side by side in time see the same drift):
 
   (a) a bare aiohttp application: one POST route answering a small JSON, served like the
       gateway (one process, the gateway's AppRunner options);
@@ -40,6 +42,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -212,6 +215,7 @@ class Run:
     server_statuses: dict[str, int] | None = None
     unexpected: int = 0
     rss_mb: float = 0.0
+    rounds_rps: list[float] = field(default_factory=list)  # every round; the row is the median
 
 
 @dataclass
@@ -575,7 +579,16 @@ def measure(
     run.rss_mb = rss_mb(server.pid)
 
 
-def run_all(duration: int) -> tuple[list[Run], float]:
+def median_run(rounds: list[Run]) -> Run:
+    """The round with the median rate, carrying every round's rate and the summed counts."""
+    ordered = sorted(rounds, key=lambda run: run.rps)
+    median = ordered[len(ordered) // 2]
+    median.rounds_rps = [round(run.rps, 1) for run in rounds]
+    median.unexpected = sum(run.unexpected for run in rounds)
+    return median
+
+
+def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, float]]:
     runs: list[Run] = []
     processes: list[subprocess.Popen[bytes]] = []
     servers: list[Server] = []
@@ -612,39 +625,52 @@ def run_all(duration: int) -> tuple[list[Run], float]:
             )
             return start(name, aistack_argv("gateway", "--config", str(config)), port)
 
-        # (a) bare aiohttp, same body as (b)
+        # (a), (b) and (c) are up together and measured in turns, a-b-c per round: a
+        # shared VM drifts by 20% within minutes, and adjacent runs see the same drift.
         port = free_port()
         argv = [sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)]
         bare = start("bare", argv, port)
         status, _, body = request(port, "POST", "/vector/search", BAD_BODY)
         expect("(a) bare handler", status, 200, body)
-        run = Run("a", "bare aiohttp handler", 200)
-        measure(bare, run, "/vector/search", bad, duration, metered=False)
-        runs.append(run)
-        bare.stop()
 
         # (b) validation: 422
-        server = gateway("gateway-b", work / "qdrant-b", unlimited)
-        status, _, body = request(server.port, "POST", "/vector/search", BAD_BODY)
+        invalid = gateway("gateway-b", work / "qdrant-b", unlimited)
+        status, _, body = request(invalid.port, "POST", "/vector/search", BAD_BODY)
         expect("(b) unknown collection", status, 422, body)
-        run = Run("b", "search -> 422 (validation)", 422)
-        measure(server, run, "/vector/search", bad, duration, metered=True)
-        runs.append(run)
-        server.stop()
 
         # (c) rate limit: the first request is admitted (and refused by validation),
         # every later one gets 429 before its body is read.
-        server = gateway("gateway-c", work / "qdrant-c", ["1/hour"])
-        status, _, body = request(server.port, "POST", "/vector/search", BAD_BODY)
+        limited = gateway("gateway-c", work / "qdrant-c", ["1/hour"])
+        status, _, body = request(limited.port, "POST", "/vector/search", BAD_BODY)
         expect("(c) first request", status, 422, body)
-        status, headers, body = request(server.port, "POST", "/vector/search", GOOD_BODY)
+        status, headers, body = request(limited.port, "POST", "/vector/search", GOOD_BODY)
         expect("(c) second request", status, 429, body)
         if "Retry-After" not in headers:
             raise RuntimeError("(c) 429 without Retry-After")
-        run = Run("c", "search -> 429 (rate limited)", 429)
-        measure(server, run, "/vector/search", good, duration, metered=True)
-        runs.append(run)
-        server.stop()
+
+        scenarios = [
+            ("a", "bare aiohttp handler", 200, bare, bad, False),
+            ("b", "search -> 422 (validation)", 422, invalid, bad, True),
+            ("c", "search -> 429 (rate limited)", 429, limited, good, True),
+        ]
+        measured: dict[str, list[Run]] = {key: [] for key, *_ in scenarios}
+        for number in range(1, rounds + 1):
+            say(f"round {number} of {rounds}")
+            for key, label, expected, server, script, metered in scenarios:
+                run = Run(key, label, expected)
+                measure(server, run, "/vector/search", script, duration, metered)
+                measured[key].append(run)
+        for key, *_ in scenarios:
+            runs.append(median_run(measured[key]))
+        ratios = {
+            key: statistics.median(
+                other.rps / base.rps if base.rps else 0.0
+                for base, other in zip(measured["a"], measured[key], strict=True)
+            )
+            for key in ("b", "c")
+        }
+        for server in (bare, invalid, limited):
+            server.stop()
 
         # (d) full search on 10k documents: a private copy of the cached store, because
         # local mode admits one process and a killed gateway must not spoil the cache.
@@ -667,7 +693,7 @@ def run_all(duration: int) -> tuple[list[Run], float]:
         measure(server, run, "/vector/search", fixed, duration, metered=True)
         runs.append(run)
         server.stop()
-        return runs, limiter_bytes
+        return runs, limiter_bytes, ratios
     finally:
         for server in servers:
             server.stop()
@@ -682,12 +708,12 @@ def run_all(duration: int) -> tuple[list[Run], float]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def goals(runs: list[Run], limiter_bytes: float) -> list[Goal]:
+def goals(runs: list[Run], limiter_bytes: float, ratios: dict[str, float]) -> list[Goal]:
+    """Ratios are the median over rounds of (scenario / bare in the same round)."""
     by_key = {run.key: run for run in runs}
-    bare = by_key["a"].rps
     result = []
     for key in ("b", "c"):
-        ratio = by_key[key].rps / bare if bare else 0.0
+        ratio = ratios[key]
         passed = ratio >= GOAL_RATIO
         result.append(
             Goal(
@@ -746,9 +772,12 @@ def print_table(runs: list[Run], limiter_bytes: float, goal_list: list[Goal]) ->
             f"{run.requests:9d} {run.unexpected:10d} {run.rss_mb:7.0f}  {statuses}"
         )
     print()
+    for run in runs:
+        if len(run.rounds_rps) > 1:
+            print(f"({run.key}) req/s per round: {', '.join(f'{r:.0f}' for r in run.rounds_rps)}")
     print(
         f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} --timeout {WRK_TIMEOUT}, "
-        f"{runs[0].seconds:.0f} s per scenario, loopback, {os.cpu_count()} CPUs"
+        f"{runs[0].seconds:.0f} s per scenario and round, loopback, {os.cpu_count()} CPUs"
     )
     print(
         f"limiter: {limiter_bytes:.0f} bytes per tracked client "
@@ -799,6 +828,9 @@ def serve_bare(port: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=15, help="seconds per scenario")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="turns of (a), (b), (c); the median is kept"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -806,22 +838,25 @@ def main() -> int:
         return serve_bare(args.bare_server)
     if args.duration < 1:
         parser.error("--duration must be >= 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if shutil.which("wrk") is None and not os.access("/usr/bin/wrk", os.X_OK):
         print("bench: wrk not found; install it: apt-get install wrk", file=sys.stderr)
         return 2
 
     started = time.monotonic()
     try:
-        runs, limiter_bytes = run_all(args.duration)
+        runs, limiter_bytes, ratios = run_all(args.duration, args.rounds)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
-    goal_list = goals(runs, limiter_bytes)
+    goal_list = goals(runs, limiter_bytes, ratios)
     if args.json:
         print(
             json.dumps(
                 {
                     "duration_s": args.duration,
+                    "rounds": args.rounds,
                     "wrk": {
                         "threads": WRK_THREADS,
                         "connections": WRK_CONNECTIONS,
