@@ -119,12 +119,18 @@ def run_async(coroutine: Coroutine[Any, Any, int], config: Config | None = None)
     import asyncpg
 
     from aistack.embedding import EmbedderError, EmbedderUnavailable
-    from aistack.stores.qdrant import QdrantUnavailable, StoreLocked
+    from aistack.stores.qdrant import QdrantUnavailable, StoreLocked, StoreUnwritable
     from aistack.stores.schema import SchemaError
 
     try:
         return asyncio.run(coroutine)
-    except (EmbedderError, EmbedderUnavailable, QdrantUnavailable, StoreLocked) as error:
+    except (
+        EmbedderError,
+        EmbedderUnavailable,
+        QdrantUnavailable,
+        StoreLocked,
+        StoreUnwritable,
+    ) as error:
         raise Failure(str(error)) from None
     except SchemaError as error:
         raise Failure(str(error)) from None

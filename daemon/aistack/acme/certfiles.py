@@ -113,13 +113,19 @@ def install(cert_dir: Path, name: str, fullchain_pem: str, key_pem: bytes) -> Pa
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     version = versions / f"{stamp}-{certificate.serial_number:x}"[:64]
     version.mkdir()
-    os.chmod(version, 0o755)
-    _write(version / "cert.pem", leaf.encode(), PUBLIC_MODE)
-    failpoint("acme.install_half_written")
-    _write(version / "chain.pem", chain.encode(), PUBLIC_MODE)
-    _write(version / "fullchain.pem", (leaf + chain).encode(), PUBLIC_MODE)
-    _write(version / "key.pem", key_pem, KEY_MODE)
-    _fsync_directory(version)
+    try:
+        os.chmod(version, 0o755)
+        _write(version / "cert.pem", leaf.encode(), PUBLIC_MODE)
+        failpoint("acme.install_half_written")
+        _write(version / "chain.pem", chain.encode(), PUBLIC_MODE)
+        _write(version / "fullchain.pem", (leaf + chain).encode(), PUBLIC_MODE)
+        _write(version / "key.pem", key_pem, KEY_MODE)
+        _fsync_directory(version)
+    except OSError:
+        # A full disk (ENOSPC) or an I/O error: leave no half-written version behind
+        # that pruning would keep as one of the newest.
+        shutil.rmtree(version, ignore_errors=True)
+        raise
 
     live = live_path(cert_dir, name)
     if live.is_dir() and not live.is_symlink():

@@ -170,7 +170,15 @@ def renew(
         fullchain, key_pem = _issue_with_retries(acme, config)
     except AcmeFailure as failure:
         return _failed(config, state, due, failure, now, installed)
-    certfiles.install(cert_dir, name, fullchain, key_pem)
+    try:
+        certfiles.install(cert_dir, name, fullchain, key_pem)
+    except OSError as error:
+        # Disk full, read-only file system: the old pair stays live; record and retry later.
+        reason = error.strerror or error.__class__.__name__
+        not_installed = AcmeFailure(
+            f"installing the new certificate in {cert_dir} failed: {reason}", retryable=False
+        )
+        return _failed(config, state, due, not_installed, now, installed)
     fresh = certfiles.read_installed(cert_dir, name)
     assert fresh is not None
     state.last_attempt = state.last_success = now.isoformat()

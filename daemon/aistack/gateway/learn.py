@@ -18,10 +18,10 @@ from aistack.gateway.answers import json_answer, problems_answer
 from aistack.gateway.handlers import body_or_answer, dependency_down
 from aistack.gateway.requests import LearnRequest, RequestRejected, parse_request
 from aistack.gateway.state import STATE, GatewayState
+from aistack.stores.postgres import CONNECTION_ERRORS as POSTGRES_ERRORS
+from aistack.stores.postgres import discarded_if_broken
 from aistack.stores.qdrant import QdrantUnavailable
 from aistack.stores.solutions import COLLECTION, point_payload
-
-POSTGRES_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,11 @@ async def learn(request: web.Request) -> web.Response:
 async def store_solution(state: GatewayState, item: LearnRequest, vector: list[float]) -> Learned:
     assert state.pool is not None and state.store is not None
     threshold = state.config.gc.deduplicate_similarity
-    async with state.pool.acquire() as connection, connection.transaction():
+    async with (
+        state.pool.acquire() as connection,
+        discarded_if_broken(connection),
+        connection.transaction(),
+    ):
         similar = await state.store.nearest(COLLECTION, vector, threshold)
         if similar is not None and isinstance(similar.id, int):
             merged = await merge_into(state, connection, similar.id, item)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import asyncpg
 
 from aistack.config import PostgresConfig, read_secret
@@ -9,7 +12,16 @@ from aistack.observability.logs import EventLog
 from aistack.stores.schema import SchemaError, require_current
 
 log = EventLog("postgres")
-CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError: a pooled connection whose session the server ended (a PostgreSQL
+# restart) can come back out of step with its protocol (asyncpg issue #784); it is a
+# connection failure like the others, and such a connection must not be used again.
+CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 class PostgresUnavailable(Exception):
@@ -37,9 +49,20 @@ async def refuse_wrong_schema(pool: asyncpg.Pool, seconds: float = 5.0) -> None:
         log.warning("postgres.unavailable_at_start", error=f"{error.__class__.__name__}: {error}")
 
 
+@contextlib.asynccontextmanager
+async def discarded_if_broken(connection: asyncpg.Connection) -> AsyncIterator[None]:
+    """Terminate `connection` on a client-side protocol error, so the pool replaces it
+    instead of handing out a connection that fails every later request."""
+    try:
+        yield
+    except asyncpg.InternalClientError:
+        connection.terminate()
+        raise
+
+
 async def check(pool: asyncpg.Pool, seconds: float = 2.0) -> None:
     try:
-        async with pool.acquire(timeout=seconds) as connection:
+        async with pool.acquire(timeout=seconds) as connection, discarded_if_broken(connection):
             await require_current(connection)
     except SchemaError as error:
         raise PostgresUnavailable(str(error)) from error

@@ -24,12 +24,19 @@ T = TypeVar("T")
 ID_NAMESPACE = uuid.UUID("5d6c7b1e-2f1a-4c59-9a53-6e3f1d2b7a10")
 
 
+LOCAL_SCROLL_BATCH = 256
+
+
 class QdrantUnavailable(Exception):
     """Qdrant did not answer (server down, timeout); the caller may retry later."""
 
 
 class StoreLocked(Exception):
     """A local-mode store that another process holds."""
+
+
+class StoreUnwritable(Exception):
+    """A local-mode store whose directory cannot be created or written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,12 @@ class VectorStore:
                         "(local mode admits one): stop it, or use a Qdrant server (qdrant.url)"
                     ) from None
                 raise
+            except OSError as error:
+                raise StoreUnwritable(
+                    f"the Qdrant store at {config.path} cannot be created or written "
+                    f"({error.strerror or error.__class__.__name__}: {error.filename or ''}): "
+                    "make qdrant.path a directory the service user can write"
+                ) from None
             return cls(client, local=True, local_path=config.path)
         api_key = read_secret(config.api_key_file) if config.api_key_file else None
         client = QdrantClient(
@@ -189,6 +202,10 @@ class VectorStore:
         """Every point of the collection, a batch at a time (ids ascending on a server)."""
         if not await self.collection_exists(name):
             return
+        if self.local:
+            # Local mode runs every call on one thread: small pages let the searches of a
+            # process that also serves (`aistack demo`) in between a GC's scroll.
+            batch = min(batch, LOCAL_SCROLL_BATCH)
         offset: int | str | None = None
         while True:
 
