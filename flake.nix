@@ -51,6 +51,8 @@
                 ps.pytest-asyncio
                 ps.pytest-aiohttp
                 ps.hypothesis
+                ps.schemathesis
+                ps.matplotlib
                 ps.mypy
               ]
             ))

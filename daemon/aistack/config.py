@@ -15,7 +15,7 @@ import tomllib
 import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -353,7 +353,8 @@ def format_config_errors(error: ValidationError, text: str, name: str) -> str:
     lines = []
     for item in error.errors():
         loc = [str(part) for part in item["loc"]]
-        key = ".".join(loc) if loc else "(top level)"
+        # Keys come from the file: a key holding a line break must not forge a line.
+        key = _one_line(".".join(loc)) if loc else "(top level)"
         line = _find_line(text, [part for part in loc if not part.isdigit()])
         where = f"{name}:{line}" if line else name
         if item["type"] == "extra_forbidden":
@@ -361,9 +362,16 @@ def format_config_errors(error: ValidationError, text: str, name: str) -> str:
         elif item["type"] == "missing":
             message = f"'{key}' is required"
         else:
-            message = f"{key}: {_strip_prefix(item['msg'])}"
+            message = f"{key}: {_one_line(_strip_prefix(item['msg']))}"
         lines.append(f"{where}: {message}")
     return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    """`text` with line breaks and other unprintable characters as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _strip_prefix(message: str) -> str:
@@ -411,13 +419,22 @@ def read_secret(path: str) -> str:
         raise ConfigError(f"{file}: cannot read the secret file: {error.strerror}") from None
 
 
+SECRET_QUERY_PARAMETER = re.compile(r"(?i)([?&](?:password|sslpassword)=)[^&#]*")
+
+
 def redact_dsn(dsn: str) -> str:
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL with the password of its user part and any `password=` query parameter
+    (libpq takes both) replaced by ***. Works on the text rather than on parsed fields, so
+    a URL that would not connect (port out of range, odd host) is still printed, redacted,
+    and everything else stays as written."""
+    scheme, sep, tail = dsn.partition("://")
+    if sep:
+        end = min((tail.index(char) for char in "/?#" if char in tail), default=len(tail))
+        userinfo, at, host = tail[:end].rpartition("@")
+        if at and ":" in userinfo:
+            tail = f"{userinfo.partition(':')[0]}:***@{host}{tail[end:]}"
+        dsn = f"{scheme}{sep}{tail}"
+    return SECRET_QUERY_PARAMETER.sub(r"\1***", dsn)
 
 
 def redacted(config: Config) -> dict[str, Any]:
