@@ -7,6 +7,7 @@ the earlier ones left.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from dataclasses import dataclass, field
 from typing import Any
@@ -260,11 +261,17 @@ async def make_plan(
     # Qdrant stores cosine vectors normalised already; normalising again is cheap, and
     # copying 100k x 384 floats is not, so the copy happens only when points are missing.
     matrix = points.vectors if usable.all() else points.vectors[usable]
-    duplicates.normalise_in_place(matrix)
     first_new = int(np.searchsorted(with_vectors, checked_through, side="right"))
-    pairs = list(
-        duplicates.similar_pairs(matrix, config.deduplicate_similarity, first_new=first_new)
-    )
+
+    def find_pairs() -> list[tuple[IdArray, IdArray]]:
+        duplicates.normalise_in_place(matrix)
+        return list(
+            duplicates.similar_pairs(matrix, config.deduplicate_similarity, first_new=first_new)
+        )
+
+    # Seconds of numpy on a large store: off the event loop, so a process that also
+    # serves (`aistack demo`) keeps answering; numpy releases the GIL while it multiplies.
+    pairs = await asyncio.to_thread(find_pairs)
     plan.duplicate_of = await choose_duplicates(connection, with_vectors, pairs)
     plan.duplicate = sorted(plan.duplicate_of)
     return plan
