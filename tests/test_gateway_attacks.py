@@ -183,6 +183,24 @@ async def test_oversized_content_length_is_refused_before_the_body(gateway):
     assert b"Connection: close" in raw
 
 
+async def test_a_body_that_trickles_in_past_the_deadline_gets_408_and_is_cut_off(
+    gateway, monkeypatch
+):
+    """Slowloris on the body: the deadline (10 s in production) shortened to 0.5 s, so the
+    test waits it out; a client still owing 90 bytes gets 408 and the connection closes."""
+    from aistack.gateway import bodies
+
+    monkeypatch.setattr(bodies, "BODY_DEADLINE_SECONDS", 0.5)
+    server = await gateway()
+    started = asyncio.get_running_loop().time()
+    raw = await raw_exchange(server, request_head(server, 100), [b'{"collection": '])
+    waited = asyncio.get_running_loop().time() - started
+    assert status_of(raw) == 408
+    assert b"body: not received within the deadline" in raw
+    assert b"Connection: close" in raw
+    assert 0.5 <= waited < 4.0  # the answer came at the deadline, not at the read timeout
+
+
 async def test_expect_continue_gets_413_instead_of_100(gateway):
     server = await gateway()
     raw = await raw_exchange(server, request_head(server, 1 << 30, "Expect: 100-continue\r\n"))
