@@ -116,9 +116,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 def run_async(coroutine: Coroutine[Any, Any, int], config: Config | None = None) -> int:
     """Run a command's coroutine; dependency failures become one-line messages (exit 1)."""
-    import asyncpg
-
     from aistack.embedding import EmbedderError, EmbedderUnavailable
+    from aistack.stores.postgres import CONNECTION_ERRORS
     from aistack.stores.qdrant import QdrantUnavailable, StoreLocked, StoreUnwritable
     from aistack.stores.schema import SchemaError
 
@@ -134,7 +133,7 @@ def run_async(coroutine: Coroutine[Any, Any, int], config: Config | None = None)
         raise Failure(str(error)) from None
     except SchemaError as error:
         raise Failure(str(error)) from None
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except CONNECTION_ERRORS as error:
         where = redact_dsn(config.postgres.dsn) if config else "PostgreSQL"
         raise Failure(
             f"PostgreSQL ({where}): {error.__class__.__name__}: {error}; "
