@@ -28,6 +28,7 @@ from aistack.gc import policies
 from aistack.gc.plan import Plan, make_plan
 from aistack.observability.failpoints import failpoint
 from aistack.observability.logs import EventLog
+from aistack.stores.postgres import CONNECTION_ERRORS
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import GC_LOCK, require_current
 from aistack.stores.solutions import COLLECTION, connection, point_payload
@@ -139,7 +140,7 @@ async def _record_failure(db: asyncpg.Connection, run_id: int, error: BaseExcept
     if db.is_closed():
         return
     # If this fails too, the next run marks the run interrupted.
-    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+    with contextlib.suppress(*CONNECTION_ERRORS):
         await db.execute(
             "UPDATE gc_runs SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1",
             run_id,
