@@ -39,7 +39,6 @@ Every goal prints PASS or FAIL; the exit status is 0 unless something crashed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -68,6 +67,7 @@ if str(REPO) not in sys.path:
 import aistack  # noqa: E402
 from aistack.acme.renew import renew  # noqa: E402
 from aistack.config import AcmeConfig, validate_config  # noqa: E402
+from bench.common import Goal, Out, machine  # noqa: E402
 from tests.pebble import Pebble  # noqa: E402
 
 DOMAINS = ["bench.aistack.test", "www.bench.aistack.test"]
@@ -82,58 +82,7 @@ class BenchError(Exception):
     """An issuance failed or produced no new certificate: the figures would be wrong."""
 
 
-class Out:
-    """Human lines to stdout (to stderr with --json, where stdout is the JSON object)."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.stream = sys.stderr if as_json else sys.stdout
-
-    def __call__(self, text: str = "") -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-@dataclass
-class Goal:
-    name: str
-    value: float
-    limit: float
-    passed: bool
-
-    def line(self) -> str:
-        return f"goal {self.name}: {self.value:.3f} {'PASS' if self.passed else 'FAIL'}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"goal": self.name, "value": self.value, "limit": self.limit, "pass": self.passed}
-
-
 # --- the machine and the tools -----------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory_gib = 0.0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = int(line.split()[1]) / 1024**2
-    load = "?"
-    with contextlib.suppress(OSError):
-        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gib": round(memory_gib, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "load_average": load,
-    }
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -525,7 +474,13 @@ def bench_pass(
             ratios[f"aistack/{other} first run"] = round(first_ratio, 4)
             say(f"  ratio aistack/{other}: median {ratio:.3f}, first run {first_ratio:.3f}")
             goals.append(
-                Goal(f"aistack/{other} median < 1 (authz reuse {reuse}%)", ratio, 1.0, ratio < 1)
+                Goal(
+                    f"aistack/{other} median < 1 (authz reuse {reuse}%)",
+                    ratio,
+                    1.0,
+                    ratio < 1,
+                    value_format=".3f",
+                )
             )
     figures["ratios"] = ratios
     say()

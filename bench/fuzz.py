@@ -23,20 +23,16 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for bench.common
+
+from bench.common import cpu_model  # noqa: E402
+
 TESTS = ["tests/test_fuzz_api.py", "tests/test_fuzz_config.py"]
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs, "
+        f"{platform.system()} {platform.release()}, {cpu_model()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}"
     )
 

@@ -40,7 +40,6 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -56,6 +55,9 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
+# The repository on sys.path, for `bench.common`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from aistack.config import Config, GcConfig, validate_config
 from aistack.gc import policies
 from aistack.gc.duplicates import TILE_COLUMNS, TILE_ROWS, choose_survivors, similar_pairs
@@ -64,6 +66,8 @@ from aistack.gc.plan import select_expired, select_pruned
 from aistack.stores.private_postgres import PrivatePostgres
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import migrate
+from bench import common
+from bench.common import Goal, Out, load_average
 
 SEED = 20_261_107
 DIMENSION = 384
@@ -103,68 +107,18 @@ FULL = Sizes(vectors=100_000, new=2_000, rows=1_000_000)
 QUICK = Sizes(vectors=20_000, new=2_000, rows=100_000)
 
 
-class Out:
-    """Human lines to stdout (to stderr with --json, where stdout is the JSON object)."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.stream = sys.stderr if as_json else sys.stdout
-
-    def __call__(self, text: str = "") -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-@dataclass
-class Goal:
-    name: str
-    value: float
-    limit: float
-    passed: bool
-    unit: str = ""
-
-    def line(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
-        return f"goal {self.name}: {self.value:g}{self.unit} {verdict}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"goal": self.name, "value": self.value, "limit": self.limit, "pass": self.passed}
-
-
 # --- the machine -------------------------------------------------------------------------
 
 
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory_gib = 0.0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = int(line.split()[1]) / 1024**2
     return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gib": round(memory_gib, 1),
-        "python": platform.python_version(),
+        **common.machine(),
         "numpy": np.__version__,
         "blas": blas_info(),
         "openblas_env": {
             name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
         }
         | {name: value for name, value in os.environ.items() if name.endswith("_NUM_THREADS")},
-        "load_average": load_average(),
     }
 
 

@@ -69,12 +69,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import json
 import logging
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -88,12 +85,17 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
+# The repository on sys.path, for `bench.common`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from aistack.config import Config, validate_config
 from aistack.gc.job import run_gc
 from aistack.stores.private_postgres import PrivatePostgres
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import migrate
 from aistack.stores.solutions import COLLECTION, point_payload
+from bench import common
+from bench.common import Goal, Out, load_average
 
 DIMENSION = 384
 TOPICS = 256
@@ -116,69 +118,16 @@ MB = 1e6
 DEFAULT_PLOT = Path(__file__).resolve().parent / "out" / "growth.png"
 
 
-class Out:
-    """Human lines to stdout (to stderr with --json, where stdout is the JSON object)."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.stream = sys.stderr if as_json else sys.stdout
-
-    def __call__(self, text: str = "") -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
 def progress(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
 
 
-@dataclass
-class Goal:
-    name: str
-    value: float
-    limit: float
-    passed: bool
-    unit: str = ""
-
-    def line(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
-        return f"goal {self.name}: {self.value:g}{self.unit} {verdict}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {"goal": self.name, "value": self.value, "limit": self.limit, "pass": self.passed}
-
-
 # --- the machine -------------------------------------------------------------------------
 
 
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory_gib = 0.0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = int(line.split()[1]) / 1024**2
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_gib": round(memory_gib, 1),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "load_average": load_average(),
-    }
+    return {**common.machine(), "numpy": np.__version__}
 
 
 # --- the synthetic workload --------------------------------------------------------------

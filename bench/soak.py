@@ -77,6 +77,7 @@ from aistack.stores.private_postgres import (  # noqa: E402
     PrivatePostgres,
     free_port,
 )
+from bench.common import machine  # noqa: E402
 
 CORPUS = REPO / "daemon" / "aistack" / "demo" / "corpus.jsonl"
 DOMAIN = "soak.aistack.test"
@@ -654,26 +655,6 @@ def analyse(traffic: Traffic, gc_window: tuple[float, float], warm_until: float)
 # --- the run ------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = ""
-    with contextlib.suppress(OSError):
-        memory = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": model,
-        "memory": memory,
-        "python": sys.version.split()[0],
-    }
-
-
 def soak(duration: float, rate: float, seed_rows: int, seed: int) -> dict[str, Any]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -846,7 +827,9 @@ def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
 
 def print_report(result: dict[str, Any], goal_list: list[tuple[str, bool, str]]) -> None:
     m = result["machine"]
-    print(f"machine: {m['cpus']} CPUs {m['cpu']}, {m['memory']}, Python {m['python']}")
+    print(
+        f"machine: {m['cpus']} CPUs {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}"
+    )
     print(
         f"run: {result['duration_s']:.0f} s at {result['rate']:.0f} requests/s offered; "
         f"{result['answers']} answers, {result['skipped_by_client']} not sent "
