@@ -18,8 +18,7 @@ from aistack.gateway.answers import json_answer, problems_answer
 from aistack.gateway.handlers import body_or_answer, dependency_down
 from aistack.gateway.requests import LearnRequest, RequestRejected, parse_request
 from aistack.gateway.state import STATE, GatewayState
-from aistack.stores.postgres import CONNECTION_ERRORS as POSTGRES_ERRORS
-from aistack.stores.postgres import discarded_if_broken
+from aistack.stores import postgres
 from aistack.stores.qdrant import QdrantUnavailable
 from aistack.stores.solutions import COLLECTION, point_payload
 
@@ -63,7 +62,7 @@ async def learn(request: web.Request) -> web.Response:
         learned = await store_solution(state, item, vector)
     except QdrantUnavailable as error:
         return dependency_down(state, "qdrant", error)
-    except POSTGRES_ERRORS as error:
+    except postgres.CONNECTION_ERRORS as error:
         return dependency_down(state, "postgres", error)
     return json_answer(learned.as_json(), status=201)
 
@@ -71,11 +70,7 @@ async def learn(request: web.Request) -> web.Response:
 async def store_solution(state: GatewayState, item: LearnRequest, vector: list[float]) -> Learned:
     assert state.pool is not None and state.store is not None
     threshold = state.config.gc.deduplicate_similarity
-    async with (
-        state.pool.acquire() as connection,
-        discarded_if_broken(connection),
-        connection.transaction(),
-    ):
+    async with postgres.acquire(state.pool) as connection, connection.transaction():
         similar = await state.store.nearest(COLLECTION, vector, threshold)
         if similar is not None and isinstance(similar.id, int):
             merged = await merge_into(state, connection, similar.id, item)

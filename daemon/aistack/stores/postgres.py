@@ -43,26 +43,30 @@ async def refuse_wrong_schema(pool: asyncpg.Pool, seconds: float = 5.0) -> None:
     PostgreSQL not answering yet is no reason to refuse: readiness reports it until it does.
     """
     try:
-        async with pool.acquire(timeout=seconds) as connection:
+        async with acquire(pool, seconds) as connection:
             await require_current(connection)
     except CONNECTION_ERRORS as error:
         log.warning("postgres.unavailable_at_start", error=f"{error.__class__.__name__}: {error}")
 
 
 @contextlib.asynccontextmanager
-async def discarded_if_broken(connection: asyncpg.Connection) -> AsyncIterator[None]:
-    """Terminate `connection` on a client-side protocol error, so the pool replaces it
-    instead of handing out a connection that fails every later request."""
-    try:
-        yield
-    except asyncpg.InternalClientError:
-        connection.terminate()
-        raise
+async def acquire(
+    pool: asyncpg.Pool, wait_seconds: float | None = None
+) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, terminated on a client-side protocol error so the pool replaces
+    it instead of handing out a connection that fails every later request. Every use of
+    the pool goes through here."""
+    async with pool.acquire(timeout=wait_seconds) as connection:
+        try:
+            yield connection
+        except asyncpg.InternalClientError:
+            connection.terminate()
+            raise
 
 
 async def check(pool: asyncpg.Pool, seconds: float = 2.0) -> None:
     try:
-        async with pool.acquire(timeout=seconds) as connection, discarded_if_broken(connection):
+        async with acquire(pool, seconds) as connection:
             await require_current(connection)
     except SchemaError as error:
         raise PostgresUnavailable(str(error)) from error
