@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,3 +79,11 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": load_average(),
     }
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return int(match.group(1)) / 1024

@@ -41,7 +41,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,12 @@ import time
 import tracemalloc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+# The repository on sys.path, for `bench.common`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aistack.stores.private_postgres import free_port
+from bench.common import rss_mb
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
@@ -233,12 +238,6 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def request(
     port: int, method: str, path: str, body: str | None = None, timeout: float = 30.0
 ) -> tuple[int, dict[str, str], bytes]:
@@ -250,14 +249,6 @@ def request(
         return response.status, dict(response.getheaders()), response.read()
     finally:
         connection.close()
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"no VmRSS for pid {pid}")
-    return int(match.group(1)) / 1024
 
 
 class Server:

@@ -77,7 +77,7 @@ from aistack.stores.private_postgres import (  # noqa: E402
     PrivatePostgres,
     free_port,
 )
-from bench.common import machine  # noqa: E402
+from bench.common import machine, rss_mb  # noqa: E402
 
 CORPUS = REPO / "daemon" / "aistack" / "demo" / "corpus.jsonl"
 DOMAIN = "soak.aistack.test"
@@ -356,9 +356,7 @@ class Gateway:
         ]
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        return int(match.group(1)) / 1024 if match else math.nan
+        return rss_mb(self.pid)
 
     def fds(self) -> dict[str, int]:
         """Open descriptors: client connections to the gateway, connections of its
