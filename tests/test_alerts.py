@@ -51,7 +51,7 @@ def written_metric_names() -> set[str]:
     )  # fmt: skip
     gc = GcFigures({"expired": 1, "pruned": 0, "duplicate": 0}, 1, 10, 5, 5, 3, 1, 0, now, 1.0, [])
     gateway = GatewayMetrics(CollectorRegistry())
-    gateway.dependency_errors.labels("qdrant").inc()
+    gateway.dependency_down("qdrant")
     text = (
         render(StatusCollector(acme))
         + render(FiguresCollector(gc))

@@ -10,13 +10,12 @@ from hypothesis import strategies as st
 from aistack.config import ValidationConfig
 from aistack.gateway.requests import (
     RequestRejected,
+    SearchParser,
     has_control_characters,
-    parse_request,
-    search_request_model,
 )
 
 CONFIG = ValidationConfig(max_query_chars=300, max_limit=50, max_offset=1000)
-MODEL = search_request_model(CONFIG)
+PARSER = SearchParser(CONFIG)
 ALLOWED = frozenset({"nixos_docs", "solved_issues"})
 
 collections = st.one_of(
@@ -57,7 +56,7 @@ def test_model_accepts_exactly_the_valid_requests(collection, query, limit, offs
     except ValueError:
         return
     try:
-        request = parse_request(MODEL, encoded, ALLOWED)
+        request = PARSER.parse(encoded, ALLOWED)
     except RequestRejected as rejected:
         assert not expected_ok, rejected
         assert rejected.problems
@@ -87,7 +86,7 @@ def test_unknown_fields_are_always_refused(extra):
     body = {"collection": "nixos_docs", "query": "q", **extra}
     unknown = set(extra) - {"collection", "query", "limit", "offset"}
     try:
-        parse_request(MODEL, json.dumps(body).encode(), ALLOWED)
+        PARSER.parse(json.dumps(body).encode(), ALLOWED)
         accepted = True
     except RequestRejected as rejected:
         accepted = False
@@ -95,3 +94,28 @@ def test_unknown_fields_are_always_refused(extra):
             assert any(p.reason == "unknown_field" for p in rejected.problems)
     if unknown:
         assert not accepted
+
+
+@given(collection=collections)
+def test_a_name_the_caller_may_not_use_gets_one_answer_whatever_it_is(collection):
+    """Unknown, forbidden to this caller, malformed, or a caller with no collection at all:
+    the collection's problem is the same, so answers cannot be told apart."""
+    body = json.dumps({"collection": collection, "query": "q"}).encode()
+    for allowed in (ALLOWED, frozenset({"solved_issues"}), frozenset()):
+        if collection in allowed:
+            continue
+        try:
+            PARSER.parse(body, allowed)
+        except RequestRejected as rejected:
+            assert rejected.problems == [
+                ("collection", "unknown_collection", "Unknown collection", "unknown_collection")
+            ]
+        else:
+            raise AssertionError(f"{collection!r} accepted for {sorted(allowed)}")
+
+
+def test_the_documented_model_lists_no_collection_name():
+    from aistack.gateway.requests import search_request_model
+
+    schema = json.dumps(search_request_model(CONFIG).model_json_schema())
+    assert "nixos_docs" not in schema and "enum" not in schema and "const" not in schema

@@ -25,7 +25,7 @@ from aistack.gateway.ratelimit import (
     policy_header_value,
     windows_from_config,
 )
-from aistack.gateway.requests import ContentRules, search_request_model
+from aistack.gateway.requests import ContentRules, SearchParser, search_request_model
 from aistack.gateway.state import STATE, CollectionTotals, GatewayState
 from aistack.stores import postgres
 from aistack.stores.qdrant import VectorStore
@@ -41,11 +41,10 @@ def create_app(
     validation = config.validation
     collections = frozenset(validation.collections)
     windows = windows_from_config(validation.rate_windows())
-    search_model = search_request_model(validation)
     state = GatewayState(
         config=config,
         metrics=GatewayMetrics(registry or CollectorRegistry()),
-        search_model=search_model,
+        search_parser=SearchParser(validation),
         rules=ContentRules(validation),
         limiter=create_rate_limiter(
             windows, validation.rate_limit_storage, validation.rate_limit_max_clients
@@ -58,7 +57,7 @@ def create_app(
             if config.gateway.api_keys_file
             else None
         ),
-        openapi=build_openapi(search_model),
+        openapi=build_openapi(search_request_model(validation)),
         embedder=embedder,
         store=store,
     )

@@ -18,7 +18,7 @@ from aistack.gateway.answers import (
 )
 from aistack.gateway.bodies import BodyTooLarge, BodyTooSlow, read_body
 from aistack.gateway.middleware import too_large
-from aistack.gateway.requests import RequestRejected, parse_request
+from aistack.gateway.requests import RequestRejected
 from aistack.gateway.state import STATE, GatewayState
 from aistack.observability.logs import EventLog
 from aistack.stores import postgres
@@ -51,7 +51,7 @@ async def search(request: web.Request) -> web.Response:
     grant = state.access.grant_for(request.headers.get("Authorization")) if state.access else None
     allowed = grant.collections if grant is not None else state.collections
     try:
-        query = parse_request(state.search_model, body, allowed)
+        query = state.search_parser.parse(body, allowed)
     except RequestRejected as rejected:
         for problem in rejected.problems:
             state.metrics.rejected(problem.reason)

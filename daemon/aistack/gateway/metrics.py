@@ -1,48 +1,114 @@
 """The gateway's Prometheus metrics. Every label value comes from a fixed set: never a
-collection name, a path or an address a client chose, so a client cannot grow the series."""
+collection name, a path or an address a client chose, so a client cannot grow the series.
+
+The series touched on every request (answers by endpoint and status, their latency, and
+the refusals by reason, window and dependency) are plain dicts of numbers that a custom
+collector turns into metric families at scrape time. prometheus_client's own Counter and
+Histogram take a lock and check observability on every call: four of those per request
+cost about as much as the rest of a refused request's own work (measured under wrk).
+The counts are only ever changed on the event loop's thread, so no lock is needed.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 QUERY_SIZE_BUCKETS = (100, 500, 1000, 5000, 10000)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class GatewayMetrics:
+class LabelledCounter:
+    """A counter family with one label, kept as {label value: count}."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.counts: dict[str, int] = {}
+
+    def inc(self, value: str) -> None:
+        self.counts[value] = self.counts.get(value, 0) + 1
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in sorted(self.counts.items()):
+            family.add_metric([value], count)
+        return family
+
+
+class RequestTimings:
+    """Answers by (endpoint, status) and their latency by endpoint: one bucket list per
+    endpoint, made cumulative only when scraped."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[str, int], int] = {}
+        # endpoint -> [count per bucket (the last one is +Inf)..., sum of seconds]
+        self.latency: dict[str, list[float]] = {}
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        key = (endpoint, status)
+        self.answers[key] = self.answers.get(key, 0) + 1
+        buckets = self.latency.get(endpoint)
+        if buckets is None:
+            buckets = self.latency[endpoint] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        buckets[-1] += seconds
+
+    def families(self) -> Iterator[Metric]:
+        answers = CounterMetricFamily(
+            "aistack_http_requests",
+            "HTTP requests answered, by endpoint (route template) and status",
+            labels=["endpoint", "status"],
+        )
+        for (endpoint, status), count in sorted(self.answers.items()):
+            answers.add_metric([endpoint, str(status)], count)
+        yield answers
+        latency = HistogramMetricFamily(
+            "aistack_http_request_duration_seconds",
+            "Time to answer, by endpoint",
+            labels=["endpoint"],
+        )
+        bounds = [floatToGoString(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+        for endpoint, buckets in sorted(self.latency.items()):
+            cumulative, running = [], 0.0
+            for bound, count in zip(bounds, buckets[:-1], strict=True):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([endpoint], cumulative, sum_value=buckets[-1])
+        yield latency
+
+
+class GatewayMetrics(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.validation_failures = Counter(
+        self.validation_failures = LabelledCounter(
             "aidb_query_validation_failures",
             "Requests rejected (or, with deny_action=log, flagged) by validation, by rule",
-            ["reason"],
-            registry=registry,
+            "reason",
         )
+        self.rate_limited = LabelledCounter(
+            "aistack_rate_limited_requests",
+            "Requests answered 429, by the window that was exhausted",
+            "window",
+        )
+        self.dependency_errors = LabelledCounter(
+            "aistack_dependency_unavailable",
+            "Requests answered 503 because a dependency did not answer",
+            "dependency",
+        )
+        self.timings = RequestTimings()
+        registry.register(self)
+        # Touched only by valid requests (which cost far more) and by scrapes.
         self.query_size = Histogram(
             "aidb_query_size_bytes",
             "Size in bytes (UTF-8) of the query of each valid search",
             buckets=QUERY_SIZE_BUCKETS,
-            registry=registry,
-        )
-        self.requests = Counter(
-            "aistack_http_requests",
-            "HTTP requests answered, by endpoint (route template) and status",
-            ["endpoint", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "aistack_http_request_duration_seconds",
-            "Time to answer, by endpoint",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.rate_limited = Counter(
-            "aistack_rate_limited_requests",
-            "Requests answered 429, by the window that was exhausted",
-            ["window"],
             registry=registry,
         )
         self.rate_limit_clients = Gauge(
@@ -50,39 +116,21 @@ class GatewayMetrics:
             "Clients the in-process rate limiter holds state for",
             registry=registry,
         )
-        # labels() takes a lock and builds a key on every call (about 9 us); every label
-        # set here is small and fixed, so each child is looked up once and kept.
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._counter_children: dict[tuple[Counter, str], Any] = {}
-        self.dependency_errors = Counter(
-            "aistack_dependency_unavailable",
-            "Requests answered 503 because a dependency did not answer",
-            ["dependency"],
-            registry=registry,
-        )
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.validation_failures.family()
+        yield from self.timings.families()
+        yield self.rate_limited.family()
+        yield self.dependency_errors.family()
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        children = self._request_children.get((endpoint, status))
-        if children is None:
-            children = (
-                self.requests.labels(endpoint, str(status)),
-                self.latency.labels(endpoint),
-            )
-            self._request_children[(endpoint, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
-
-    def _count(self, counter: Counter, label: str) -> None:
-        child = self._counter_children.get((counter, label))
-        if child is None:
-            child = self._counter_children[(counter, label)] = counter.labels(label)
-        child.inc()
+        self.timings.observe(endpoint, status, seconds)
 
     def rejected(self, reason: str) -> None:
-        self._count(self.validation_failures, reason)
+        self.validation_failures.inc(reason)
 
     def limited(self, window: str) -> None:
-        self._count(self.rate_limited, window)
+        self.rate_limited.inc(window)
 
     def dependency_down(self, dependency: str) -> None:
-        self._count(self.dependency_errors, dependency)
+        self.dependency_errors.inc(dependency)

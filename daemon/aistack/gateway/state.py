@@ -15,7 +15,7 @@ from aistack.embedding import Embedder
 from aistack.gateway.access import AccessControl
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.ratelimit import RateLimiter
-from aistack.gateway.requests import ContentRules, SearchRequest
+from aistack.gateway.requests import ContentRules, SearchParser
 from aistack.stores.qdrant import VectorStore
 
 
@@ -51,7 +51,7 @@ class CollectionTotals:
 class GatewayState:
     config: Config
     metrics: GatewayMetrics
-    search_model: type[SearchRequest]
+    search_parser: SearchParser
     rules: ContentRules
     limiter: RateLimiter
     policy_header: str
