@@ -5,8 +5,9 @@ import ipaddress
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from aistack.gateway.clientkey import client_key, parse_address
+from aistack.gateway.clientkey import ClientKeys, client_key, parse_address
 
 PROXIES = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
 
@@ -138,3 +139,23 @@ def test_a_trusted_peer_key_is_an_address_key(peer, forwarded_for):
     result = key(peer, *forwarded_for)
     network = ipaddress.ip_network(result)
     assert network.prefixlen == (32 if network.version == 4 else 64)
+
+
+addresses = st.one_of(
+    st.ip_addresses().map(str),
+    st.sampled_from(["10.0.0.1", "fd00::1", "unknown", "", "[2001:db8::1]:443"]),
+)
+
+
+@given(
+    peer=st.one_of(st.none(), addresses),
+    forwarded=st.lists(addresses, max_size=3),
+    trusted=st.sampled_from([[], PROXIES]),
+    ipv6_prefix=st.sampled_from([48, 64, 128]),
+)
+def test_client_keys_of_a_request_agree_with_client_key(peer, forwarded, trusted, ipv6_prefix):
+    """The per-request shortcut (no proxies: the peer alone, looked up) keys every request
+    exactly as client_key does."""
+    headers = CIMultiDictProxy(CIMultiDict([("X-Forwarded-For", entry) for entry in forwarded]))
+    expected = client_key(peer, forwarded, trusted, ipv6_prefix)
+    assert ClientKeys(trusted, ipv6_prefix).of(peer, headers) == expected

@@ -416,6 +416,26 @@ async def test_metrics_names_buckets_and_no_client_chosen_labels(gateway):
     assert "evil" not in text and "probe" not in text and "127.0.0.1" not in text
 
 
+async def test_unserved_paths_and_methods_are_answered_counted_and_labelled(gateway):
+    """No route for the path: 404; a route for another method: 405 naming the methods.
+    Both are JSON answers with the RateLimit-Policy field, counted under "unmatched"."""
+    server = await gateway()
+    status, text, headers = await get(server, "/vector/search")
+    assert status == 405 and headers["Allow"] == "POST"
+    assert json.loads(text)["detail"] == "Method Not Allowed"
+    assert "RateLimit-Policy" in headers
+    async with ClientSession() as session:
+        async with session.delete(server.make_url("/healthz")) as response:
+            assert response.status == 405
+            assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD"}
+    status, text, headers = await get(server, "/no/such/route")
+    assert status == 404 and json.loads(text)["detail"] == "Not Found"
+    assert "RateLimit-Policy" in headers
+    _, metrics, _ = await get(server, "/metrics")
+    assert 'aistack_http_requests_total{endpoint="unmatched",status="405"} 2.0' in metrics
+    assert 'aistack_http_requests_total{endpoint="unmatched",status="404"} 1.0' in metrics
+
+
 # -- health, readiness, OpenAPI, ACME --------------------------------------------------
 
 

@@ -17,8 +17,15 @@ from aistack.embedding import Embedder, open_embedder
 from aistack.gateway import handlers, learn
 from aistack.gateway.access import load_access
 from aistack.gateway.bodies import defer_continue
+from aistack.gateway.clientkey import ClientKeys
+from aistack.gateway.gate import (
+    UNMATCHED,
+    admit_api_call,
+    admit_open,
+    admit_operational,
+    gated,
+)
 from aistack.gateway.metrics import GatewayMetrics
-from aistack.gateway.middleware import gate
 from aistack.gateway.openapi import build_openapi
 from aistack.gateway.ratelimit import (
     create_rate_limiter,
@@ -51,7 +58,7 @@ def create_app(
         ),
         policy_header=policy_header_value(windows),
         collections=collections,
-        trusted=config.gateway.trusted_networks(),
+        client_keys=ClientKeys(config.gateway.trusted_networks(), validation.ipv6_prefix),
         access=(
             load_access(config.gateway.api_keys_file, collections)
             if config.gateway.api_keys_file
@@ -63,17 +70,29 @@ def create_app(
     )
     # client_max_size is a backstop only: bodies are read by bodies.read_body, which
     # refuses earlier and without buffering.
-    app = web.Application(middlewares=[gate], client_max_size=config.gateway.max_body_bytes)
+    app = web.Application(client_max_size=config.gateway.max_body_bytes)
     app[STATE] = state
     app.cleanup_ctx.append(_resources)
-    app.router.add_post("/vector/search", handlers.search, expect_handler=defer_continue)
-    app.router.add_post("/hybrid/learn", learn.learn, expect_handler=defer_continue)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
-    app.router.add_get("/openapi.json", handlers.openapi)
-    app.router.add_get("/.well-known/acme-challenge/{token}", handlers.acme_challenge)
+    add_routes(app.router)
     return app
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    """Every route, its handler wrapped by `gate.gated` with the checks its endpoint needs."""
+    for path, handler in (("/vector/search", handlers.search), ("/hybrid/learn", learn.learn)):
+        router.add_post(path, gated(path, admit_api_call, handler), expect_handler=defer_continue)
+    for path, admit, handler in (
+        ("/openapi.json", admit_api_call, handlers.openapi),
+        ("/healthz", admit_open, handlers.healthz),
+        ("/readyz", admit_operational, handlers.readyz),
+        ("/metrics", admit_operational, handlers.metrics),
+        ("/.well-known/acme-challenge/{token}", admit_open, handlers.acme_challenge),
+    ):
+        router.add_get(path, gated(path, admit, handler))
+    # Last: what no route above serves. Its handler answers 404, or 405 with Allow.
+    router.add_route(
+        "*", handlers.UNMATCHED_PATHS, gated(UNMATCHED, admit_operational, handlers.unmatched)
+    )
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

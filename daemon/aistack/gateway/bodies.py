@@ -1,8 +1,8 @@
 """Request bodies, read only when everything that can be decided without them has been.
 
-aiohttp answers `Expect: 100-continue` before middlewares run and buffers up to
+aiohttp answers `Expect: 100-continue` before handlers run and buffers up to
 `client_max_size` before refusing; both are too late for a public endpoint. Here the
-route's expect handler defers the interim answer, the middleware refuses on
+route's expect handler defers the interim answer, `gate` refuses on
 Content-Length alone, and the body is read in chunks with the limit checked as it grows
 (chunked bodies have no Content-Length), under a deadline (slow bodies tie up nothing).
 """

@@ -16,6 +16,8 @@ import functools
 import ipaddress
 from collections.abc import Sequence
 
+from multidict import CIMultiDictProxy
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -38,6 +40,23 @@ def client_key(
     if not _is_trusted(peer_address, trusted):
         return address_key(peer_address, ipv6_prefix)
     return address_key(_forwarded_client(peer_address, forwarded_for, trusted), ipv6_prefix)
+
+
+class ClientKeys:
+    """`client_key` with this gateway's settings, for one request at a time."""
+
+    def __init__(self, trusted: Sequence[Network], ipv6_prefix: int) -> None:
+        self.trusted = tuple(trusted)
+        self.ipv6_prefix = ipv6_prefix
+
+    def of(self, peer: str | None, headers: CIMultiDictProxy[str]) -> str:
+        if not self.trusted:
+            # No proxy of ours: the header is never read, and the key depends on the peer
+            # alone, so it is looked up rather than worked out (a few us per request).
+            return _peer_key(peer, self.ipv6_prefix)
+        return client_key(
+            peer, headers.getall("X-Forwarded-For", ()), self.trusted, self.ipv6_prefix
+        )
 
 
 def _forwarded_client(
@@ -66,6 +85,11 @@ def _is_trusted(address: Address, trusted: Sequence[Network]) -> bool:
 # Parsing with `ipaddress` costs microseconds per request; peers repeat, so the last few
 # thousand answers are kept (bounded: a flood of new peers only turns the cache over).
 ADDRESS_CACHE_SIZE = 8192
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
+def _peer_key(peer: str | None, ipv6_prefix: int) -> str:
+    return client_key(peer, (), (), ipv6_prefix)
 
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)

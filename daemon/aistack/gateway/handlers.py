@@ -1,4 +1,4 @@
-"""The gateway's endpoints. Each one assumes `middleware.gate` has already run."""
+"""The gateway's endpoints. Each one assumes `gate.gated` has admitted the request."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from aistack.gateway.answers import (
     unavailable_answer,
 )
 from aistack.gateway.bodies import BodyTooLarge, BodyTooSlow, read_body
-from aistack.gateway.middleware import too_large
+from aistack.gateway.gate import too_large
 from aistack.gateway.requests import RequestRejected
 from aistack.gateway.state import STATE, GatewayState
 from aistack.observability.logs import EventLog
@@ -26,6 +26,7 @@ from aistack.stores.qdrant import QdrantUnavailable
 
 log = EventLog("gateway")
 ACME_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+UNMATCHED_PATHS = "/{path:.*}"
 READY_TIMEOUT_SECONDS = 3.0
 
 
@@ -191,3 +192,15 @@ async def acme_challenge(request: web.Request) -> web.Response:
 def _read_small(file: Path) -> bytes:
     with file.open("rb") as handle:
         return handle.read(4096)
+
+
+async def unmatched(request: web.Request) -> web.Response:
+    """Every path the routes before the catch-all do not serve: 405 with the methods the
+    path does take, or 404."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()

@@ -13,6 +13,7 @@ from aiohttp import web
 from aistack.config import Config
 from aistack.embedding import Embedder
 from aistack.gateway.access import AccessControl
+from aistack.gateway.clientkey import ClientKeys
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.ratelimit import RateLimiter
 from aistack.gateway.requests import ContentRules, SearchParser
@@ -56,7 +57,7 @@ class GatewayState:
     limiter: RateLimiter
     policy_header: str
     collections: frozenset[str]
-    trusted: list[Any]
+    client_keys: ClientKeys
     access: AccessControl | None
     openapi: dict[str, Any]
     embedder: Embedder | None = None
