@@ -33,6 +33,18 @@ async def defer_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
+def buffered_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body when it has all arrived already, as small bodies do with their
+    headers; None when more is to come (then `read_body`). No coroutine: this is every
+    search's path, refused or not."""
+    if not request.content.is_eof():
+        return None
+    body = request.content.read_nowait()
+    if len(body) > limit:
+        raise BodyTooLarge
+    return body
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     if (
         request.version == HttpVersion11

@@ -16,9 +16,8 @@ from aistack.gateway.answers import (
     problems_answer,
     unavailable_answer,
 )
-from aistack.gateway.bodies import BodyTooLarge, BodyTooSlow, read_body
+from aistack.gateway.bodies import BodyTooLarge, BodyTooSlow, buffered_body, read_body
 from aistack.gateway.gate import too_large
-from aistack.gateway.requests import RequestRejected
 from aistack.gateway.state import STATE, GatewayState
 from aistack.observability.logs import EventLog
 from aistack.stores import postgres
@@ -33,7 +32,8 @@ READY_TIMEOUT_SECONDS = 3.0
 async def body_or_answer(state: GatewayState, request: web.Request) -> bytes | web.Response:
     limit = state.config.gateway.max_body_bytes
     try:
-        return await read_body(request, limit)
+        body = buffered_body(request, limit)
+        return body if body is not None else await read_body(request, limit)
     except BodyTooLarge:
         state.metrics.rejected("body_too_large")
         return too_large(limit)
@@ -51,12 +51,11 @@ async def search(request: web.Request) -> web.Response:
     # keeps per-request state out of the request object.
     grant = state.access.grant_for(request.headers.get("Authorization")) if state.access else None
     allowed = grant.collections if grant is not None else state.collections
-    try:
-        query = state.search_parser.parse(body, allowed)
-    except RequestRejected as rejected:
-        for problem in rejected.problems:
+    query = state.search_parser.parse(body, allowed)
+    if isinstance(query, list):
+        for problem in query:
             state.metrics.rejected(problem.reason)
-        return problems_answer(rejected.problems)
+        return problems_answer(query)
 
     pattern = state.rules.first_match(query.query)
     if pattern is not None:
