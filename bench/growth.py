@@ -73,6 +73,7 @@ import datetime
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -539,6 +540,9 @@ def main() -> int:
     # qdrant-client warns about local mode past 20,000 points on every upsert; said once above.
     warnings.filterwarnings("ignore", message="Local mode is not recommended")
 
+    # An hour-long run is often stopped with kill or by a supervisor: stop it as Ctrl-C
+    # does, so the private PostgreSQL server is shut down and its files removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     say = Out(args.json)
     host = machine()
