@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from aistack.gateway.answers import error_answer, unavailable_answer
-from aistack.gateway.ratelimit import Decision, RateLimitStorageError
+from aistack.gateway.ratelimit import Decision, MemoryRateLimiter, RateLimitStorageError
 from aistack.gateway.state import STATE, GatewayState
 from aistack.observability.logs import EventLog
 
@@ -86,11 +86,15 @@ async def admit_api_call(
 ) -> web.StreamResponse:
     """The API: the quota first (a refused client costs least), then the key and the body."""
     key = state.client_keys.of(request.remote, request.headers)
-    try:
-        decision = await state.limiter.hit(key)
-    except RateLimitStorageError:
-        state.metrics.dependency_down("rate_limit_storage")
-        return unavailable_answer("rate_limit_storage")
+    limiter = state.limiter
+    if isinstance(limiter, MemoryRateLimiter):
+        decision = limiter.hit_now(key)  # in this process: no coroutine to create and await
+    else:
+        try:
+            decision = await limiter.hit(key)
+        except RateLimitStorageError:
+            state.metrics.dependency_down("rate_limit_storage")
+            return unavailable_answer("rate_limit_storage")
     response: web.StreamResponse
     if not decision.allowed:
         response = refuse_over_limit(state, decision)

@@ -189,6 +189,10 @@ class MemoryRateLimiter:
         return self._evicted
 
     async def hit(self, key: str) -> Decision:
+        return self.hit_now(key)
+
+    def hit_now(self, key: str) -> Decision:
+        """`hit` without a coroutine, for a caller that knows this limiter never waits."""
         if not self.windows:
             return _UNLIMITED
         now = self._clock()
