@@ -820,7 +820,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=15, help="seconds per scenario")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="turns of (a), (b), (c); the median is kept"
+        "--rounds", type=int, default=5, help="turns of (a), (b), (c); the median is kept"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
