@@ -15,8 +15,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Sequence
-
-from multidict import CIMultiDictProxy
+from typing import Protocol
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -42,6 +41,12 @@ def client_key(
     return address_key(_forwarded_client(peer_address, forwarded_for, trusted), ipv6_prefix)
 
 
+class Headers(Protocol):
+    """What is read of a request's headers (aiohttp's CIMultiDictProxy is one)."""
+
+    def getall(self, key: str, default: Sequence[str], /) -> Sequence[str]: ...
+
+
 class ClientKeys:
     """`client_key` with this gateway's settings, for one request at a time."""
 
@@ -49,7 +54,7 @@ class ClientKeys:
         self.trusted = tuple(trusted)
         self.ipv6_prefix = ipv6_prefix
 
-    def of(self, peer: str | None, headers: CIMultiDictProxy[str]) -> str:
+    def of(self, peer: str | None, headers: Headers) -> str:
         if not self.trusted:
             # No proxy of ours: the header is never read, and the key depends on the peer
             # alone, so it is looked up rather than worked out (a few us per request).

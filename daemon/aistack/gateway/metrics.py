@@ -76,9 +76,10 @@ class RequestTimings:
         )
         bounds = [floatToGoString(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
         for endpoint, buckets in sorted(self.latency.items()):
-            cumulative, running = [], 0.0
-            for bound, count in zip(bounds, buckets[:-1], strict=True):
-                running += count
+            cumulative: list[tuple[str, float]] = []
+            running = 0.0
+            for bound, in_bucket in zip(bounds, buckets[:-1], strict=True):
+                running += in_bucket
                 cumulative.append((bound, running))
             latency.add_metric([endpoint], cumulative, sum_value=buckets[-1])
         yield latency
