@@ -20,14 +20,18 @@ from pydantic_core import ErrorDetails
 from aistack.config import ValidationConfig, normalise_text
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-# Tab, newline and carriage return are ordinary in pasted text; every other control
-# character (Unicode category Cc: C0, DEL, C1) has no business in a query. Lone
-# surrogates never get this far: the JSON parser refuses them.
-# `$` is the end of the text in pydantic-core's (Rust) regex and in JSON Schema's (ECMA).
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+COLLECTION_DESCRIPTION = (
+    "A collection this gateway serves to the caller. "
+    "Names are not listed: unknown and forbidden names get the same answer."
+)
 # For a caller with no collection at all: a pattern nothing matches.
 NO_COLLECTION = r"[^\s\S]"
+# Tab, newline and carriage return are ordinary in pasted text; every other control
+# character (Unicode category Cc: C0, DEL, C1) has no business in a query. Lone
+# surrogates never get this far: the JSON parser refuses them. `$` is the end of the
+# text in pydantic-core's (Rust) regex and in JSON Schema's (ECMA).
 ALLOWED_CONTROLS = frozenset("\t\n\r")
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -91,22 +95,8 @@ def search_request_model(
     /openapi.json, which must not list the names. With them, the collection must be one
     of `collections`: that is the model requests are validated with (`SearchParser`).
     """
-    collection_type: Any = str
-    if collections:
-        collection_type = Literal[tuple(sorted(collections))]
-    collection_rules = Field(
-        description="A collection this gateway serves to the caller. "
-        "Names are not listed: unknown and forbidden names get the same answer.",
-    )
-    if collections is None:
-        collection_rules = Field(
-            min_length=1,
-            max_length=64,
-            pattern=COLLECTION_PATTERN,
-            description=collection_rules.description,
-        )
-    elif not collections:
-        collection_rules = Field(pattern=NO_COLLECTION)
+    collection_type: Any  # a Literal built at run time: mypy cannot see it
+    collection_type, collection_rules = collection_field(collections)
 
     class ConfiguredSearchRequest(SearchRequest):
         collection: Annotated[collection_type, collection_rules]
@@ -124,6 +114,21 @@ def search_request_model(
 
     ConfiguredSearchRequest.__name__ = "SearchRequest"
     return ConfiguredSearchRequest
+
+
+def collection_field(collections: frozenset[str] | None) -> tuple[Any, Any]:
+    """The collection's type and rules: any well-formed name (documented), one of
+    `collections`, or, for a caller with none, nothing at all."""
+    if collections is None:
+        return str, Field(
+            min_length=1,
+            max_length=64,
+            pattern=COLLECTION_PATTERN,
+            description=COLLECTION_DESCRIPTION,
+        )
+    if not collections:
+        return str, Field(pattern=NO_COLLECTION)
+    return Literal[tuple(sorted(collections))], Field(description=COLLECTION_DESCRIPTION)
 
 
 class SearchParser:
