@@ -11,6 +11,9 @@ import re
 import pytest
 from aiohttp import ClientSession
 
+from aistack.gateway.answers import REFUSAL_BODIES_KEPT, refusal_body
+from aistack.gateway.requests import Problem
+
 SEARCH = {"collection": "nixos_docs", "query": "enable the ssh server"}
 
 
@@ -73,10 +76,24 @@ async def test_unknown_and_forbidden_collections_get_identical_answers(gateway, 
     assert forbidden[0] == unknown[0] == odd[0] == 422
     assert forbidden[1] == unknown[1] == odd[1]
     assert forbidden[1]["detail"] == "collection: Unknown collection"
-    # Neither reached the model nor Qdrant: both are refused by one set lookup.
+    # Neither reached the model nor Qdrant: all three fail the same check in validation.
     assert embedder.misses == misses
     allowed = await post(server, {"collection": "nixos_docs", "query": "a"}, auth)
     assert allowed[0] == 200
+
+
+async def test_refusal_bodies_kept_for_reuse_are_bounded(gateway):
+    """Refusal bodies are built once per distinct set of problems; a client that makes
+    every refusal different (here: a new length each time) cannot grow that store."""
+    refusal_body.cache_clear()
+    server = await gateway(validation={"max_query_chars": 10})
+    for length in range(11, 11 + 40):
+        status, body, _ = await post(server, {**SEARCH, "query": "q" * length})
+        assert status == 422 and body["detail"] == f"query: max_length 10 exceeded (got {length})"
+    assert refusal_body.cache_info().currsize == 40
+    for length in range(REFUSAL_BODIES_KEPT + 100):
+        refusal_body((Problem("query", "string_too_long", f"got {length}", "too_long"),))
+    assert refusal_body.cache_info().currsize == REFUSAL_BODIES_KEPT
 
 
 # -- result flooding -------------------------------------------------------------------
