@@ -61,7 +61,7 @@ MB/month, deduplication saving >= 20% at the end. Each prints PASS or FAIL; the 
 is 0 unless something crashed. A PNG plot (matplotlib, headless) goes to --plot. Figures
 come from one run on a shared machine. Qdrant local mode is slow (about 3 ms per point
 written, and every GC pass scrolls all points with their vectors): on two cores the full
-default run takes over an hour; --per-day 250 runs a year in about 20 minutes.
+default run took 1 h 53 min; --per-day 250 runs a year in about 20 minutes.
 --quick: 90 days x 250 a day, a smoke run.
 """
 
