@@ -47,6 +47,7 @@ from aistack.stores.schema import migrate
 from tests.conftest import CORPUS
 from tests.pebble import Pebble, running_pebble
 from tests.pg import private_postgres_fixture
+from tests.test_acme import DOMAIN, acme_settings
 from tests.test_acme_due import DAY, NOW, issue
 from tests.test_ratelimit import HOUR_START, FakeClock
 from tests.tools import tool_missing
@@ -267,8 +268,6 @@ def test_an_unwritable_qdrant_path_is_one_clear_line_and_exit_1(tmp_path: Path, 
 
 # -- 3. Disk full while a certificate is installed ---------------------------------------
 
-DOMAIN = "www.aistack.test"
-
 
 @pytest.fixture(scope="module")
 def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
@@ -300,18 +299,10 @@ def fill(directory: Path) -> Path:
 def test_disk_full_during_install_keeps_the_old_certificate_live(
     tmp_path: Path, pebble: Pebble
 ) -> None:
-    settings_ = {
-        "domains": [DOMAIN],
-        "email": "admin@aistack.test",
-        "accept_terms": True,
-        "directory_url": pebble.directory_url,
-        "ca_bundle": str(pebble.ca_file),
-        "challenge": "standalone",
-        "http_address": pebble.http_address,
-        "cert_dir": str(tmp_path / "certs"),
-        "state_dir": str(tmp_path / "state"),
+    data = {
+        "qdrant": {"path": str(tmp_path / "q")},
+        "acme": acme_settings(tmp_path, pebble, domains=[DOMAIN]),
     }
-    data = {"qdrant": {"path": str(tmp_path / "q")}, "acme": settings_}
     path = tmp_path / "aistack.json"
     path.write_text(json.dumps(data))
     config: AcmeConfig = validate_config(data).acme
