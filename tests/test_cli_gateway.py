@@ -226,6 +226,27 @@ def test_sighup_reloads_tls_without_dropping_connections(tmp_path):
     assert "<3>event=gateway.tls_reload_failed" in output
 
 
+def test_sighup_without_tls_keeps_serving(tmp_path):
+    # `systemctl reload aistack-gateway` sends SIGHUP whether or not TLS is configured;
+    # Python's default for SIGHUP is to die, and systemd would not restart it.
+    port = free_port()
+    gateway = Gateway(write_config(tmp_path, port), tmp_path)
+    try:
+        gateway.wait_ready()
+        gateway.process.send_signal(signal.SIGHUP)
+        messages: list[str] = []
+        while not any(m.startswith("READY=1") for m in messages):
+            messages.extend(gateway.notify.recv(4096).decode().splitlines())
+        assert messages[0] == "RELOADING=1", messages
+        assert any(m.startswith("MONOTONIC_USEC=") for m in messages), messages
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            assert answer.status == 200
+        assert gateway.process.poll() is None
+    finally:
+        assert gateway.stop() == 0
+    assert "<6>event=gateway.reloaded tls=False" in gateway.output()
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

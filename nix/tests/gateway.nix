@@ -88,7 +88,7 @@
       with subtest("systemd-analyze security"):
           report = machine.succeed("systemd-analyze security aistack-gateway.service")
           print(report)
-          exposure = float(report.strip().splitlines()[-1].split()[4])
+          exposure = float(report.strip().splitlines()[-1].split(":")[1].split()[0])
           assert exposure <= 2.0, f"exposure {exposure}"
     '';
 }

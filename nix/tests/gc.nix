@@ -49,15 +49,15 @@
           assert 'hybrid_gc_solutions_deleted_total{reason="expired"} 1.0' in metrics, metrics
 
       with subtest("restore puts the row back"):
-          machine.succeed(f"sudo -u aistack aistack gc restore --config ${configFile} --run 1")
+          machine.succeed("sudo -u aistack aistack gc restore --config ${configFile} --run 1")
           assert sql("SELECT count(*) FROM solved_issues") == "2"
-          status = machine.succeed(f"sudo -u aistack aistack gc status --config ${configFile}")
+          status = machine.succeed("sudo -u aistack aistack gc status --config ${configFile}")
           assert "run 1" in status, status
 
       with subtest("systemd-analyze security"):
           report = machine.succeed("systemd-analyze security aistack-gc.service")
           print(report)
-          exposure = float(report.strip().splitlines()[-1].split()[4])
+          exposure = float(report.strip().splitlines()[-1].split(":")[1].split()[0])
           assert exposure <= 2.0, f"exposure {exposure}"
     '';
 }

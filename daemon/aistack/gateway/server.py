@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+import time
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +43,19 @@ def reload_tls(context: ssl.SSLContext, config: GatewayConfig) -> None:
     log.info("gateway.tls_reloaded", cert=config.tls_cert_file)
 
 
+def reload(context: ssl.SSLContext | None, config: GatewayConfig) -> None:
+    """SIGHUP (`systemctl reload`): the TLS pair is the only state read again. Without TLS
+    there is nothing to re-read, but the handler must still be there: Python's default
+    for SIGHUP is to die, and systemd does not restart a unit killed by it."""
+    # MONOTONIC_USEC lets systemd (>= 253) match this reload to the request.
+    notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    if context is None:
+        log.info("gateway.reloaded", tls=False)
+    else:
+        reload_tls(context, config)
+    notify("READY=1")
+
+
 async def serve(
     config: Config,
     *,
@@ -65,8 +79,7 @@ async def serve(
             await web.TCPSite(runner, host, port, ssl_context=context).start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        if context is not None:
-            loop.add_signal_handler(signal.SIGHUP, reload_tls, context, config.gateway)
+        loop.add_signal_handler(signal.SIGHUP, reload, context, config.gateway)
         listen = ",".join(config.gateway.listen)
         log.info("gateway.started", listen=listen, tls=context is not None)
         notify("READY=1", f"STATUS=serving on {listen}")
