@@ -118,7 +118,8 @@ def test_standalone_issues_a_verifying_certificate_then_does_nothing(tmp_path, p
         "fullchain.pem": 0o644,
         "chain.pem": 0o644,
         "cert.pem": 0o644,
-        "key.pem": 0o600,
+        # Group-readable, for the web server in the certificate's group; no one else.
+        "key.pem": 0o640,
     }
     assert isinstance(leaf(config).public_key(), ec.EllipticCurvePublicKey)
     serial = leaf(config).serial_number

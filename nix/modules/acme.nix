@@ -22,6 +22,7 @@ let
   webroot = "/var/lib/aistack-webroot";
   live = "${certDir}/${name}";
   gatewayAddress = lib.head top.validation.listen;
+  upstream = "http://${gatewayAddress}";
   metricsFile = "${top.metricsDirectory}/aistack-acme.prom";
   standalone = cfg.challenge == "standalone";
 in
@@ -64,7 +65,7 @@ in
     caBundle = mkOption {
       type = types.nullOr types.path;
       default = null;
-      description = "Trust roots for a private ACME server's HTTPS API.";
+      description = "Trust roots for a private ACME server's HTTPS API (public: it may be in the store).";
     };
 
     keyType = mkOption {
@@ -98,7 +99,13 @@ in
         description = "External account binding key id, for CAs that require one.";
       };
       hmacKeyFile = mkOption {
-        type = types.nullOr types.path;
+        # As nixpkgs' types.pathWith: a secret must not be a path the store would copy.
+        type = types.nullOr (
+          types.pathWith {
+            inStore = false;
+            absolute = true;
+          }
+        );
         default = null;
         description = "File with the base64url EAB HMAC key (passed with `LoadCredential=`).";
       };
@@ -119,7 +126,17 @@ in
 
     nginx.enable = mkEnableOption ''
       nginx in front of the gateway: ACME challenges and a redirect on port 80, TLS with
-      this certificate on 443, proxying to the gateway'';
+      this certificate on 443, proxying the API routes (`/vector/search`, `/hybrid/`,
+      `/healthz`) to the gateway'';
+
+    nginx.exposeOperationalEndpoints = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Proxy `/metrics`, `/readyz` and `/openapi.json` from anywhere. By default nginx
+        answers them only to loopback clients (403 to others), and every other path 404.
+      '';
+    };
   };
 
   config = mkIf (top.enable && cfg.enable) (mkMerge [
@@ -139,6 +156,14 @@ in
         {
           assertion = (cfg.eab.kid == "") == (cfg.eab.hmacKeyFile == null);
           message = "services.aiStack.acme.eab: set both kid and hmacKeyFile, or neither.";
+        }
+        {
+          assertion = standalone || cfg.nginx.enable;
+          message = ''
+            services.aiStack.acme: challenge = "webroot" needs a web server answering on port 80
+            with ${webroot}; with services.aiStack.acme.nginx.enable = false nothing does, and
+            every issuance would fail. Set acme.nginx.enable = true, or challenge = "standalone".
+          '';
         }
         {
           assertion = !(cfg.nginx.enable && standalone);
@@ -161,7 +186,8 @@ in
         webroot = webroot;
         cert_dir = certDir;
         state_dir = "/var/lib/aistack/acme";
-        ca_bundle = if cfg.caBundle == null then "" else toString cfg.caBundle;
+        # Interpolated, not toString: the bundle goes into the store and the closure.
+        ca_bundle = if cfg.caBundle == null then "" else "${cfg.caBundle}";
         eab_kid = cfg.eab.kid;
         eab_hmac_key_file = if cfg.eab.hmacKeyFile == null then "" else "acme-eab-hmac";
       };
@@ -248,11 +274,27 @@ in
           onlySSL = true;
           sslCertificate = "${live}/fullchain.pem";
           sslCertificateKey = "${live}/key.pem";
-          locations."/" = mkIf top.validation.enable {
-            proxyPass = "http://${gatewayAddress}";
-          };
+          locations = mkIf top.validation.enable (
+            {
+              "= /vector/search".proxyPass = upstream;
+              "/hybrid/".proxyPass = upstream;
+              "= /healthz".proxyPass = upstream;
+              "/".return = "404";
+            }
+            // lib.genAttrs [ "= /metrics" "= /readyz" "= /openapi.json" ] (_: {
+              proxyPass = upstream;
+              extraConfig = lib.optionalString (!cfg.nginx.exposeOperationalEndpoints) ''
+                allow 127.0.0.1;
+                allow ::1;
+                deny all;
+              '';
+            })
+          );
         };
       };
+      # nginx loads the key (0640, group of the units) in `nginx -t` and at start; nixpkgs'
+      # security.acme likewise puts nginx in the certificates' group.
+      users.users.${config.services.nginx.user}.extraGroups = [ top.group ];
       systemd.services.nginx = {
         wants = [ "aistack-acme-placeholder.service" ];
         after = [ "aistack-acme-placeholder.service" ];

@@ -39,10 +39,33 @@ let
         cp ${configFile} $out
       '';
 
+  # Local Qdrant gets an API key generated on first boot (or the admin's), so no local
+  # process can reach the vectors except through the gateway.
+  qdrantKeyDirectory = "/var/lib/aistack-qdrant-key";
+  qdrantKeyFile =
+    if cfg.qdrant.apiKeyFile != null then cfg.qdrant.apiKeyFile else "${qdrantKeyDirectory}/api-key";
+  qdrantHasKey = cfg.qdrant.createLocally || cfg.qdrant.apiKeyFile != null;
+
+  # `aistack` as the units run it (their user and credentials), for the admin's commands:
+  # `sudo -u aistack aistack ...` would have no credentials. As nixpkgs' `nextcloud-occ`.
+  manage = pkgs.writeShellScriptBin "aistack-manage" ''
+    exec ${pkgs.systemd}/bin/systemd-run --quiet --pipe --wait --collect \
+      --property=User=${cfg.user} --property=Group=${cfg.group} \
+      ${lib.concatMapStringsSep " " (c: "--property=LoadCredential=${lib.escapeShellArg c}") cfg.credentials} \
+      ${lib.getExe cfg.package} "$@" --config ${checkedConfig}
+  '';
+
+  # nixpkgs' types.pathWith: an absolute path that is not in the store, so a secret given
+  # as a path literal fails evaluation instead of being copied into the world-readable store.
+  secretPath = types.pathWith {
+    inStore = false;
+    absolute = true;
+  };
+
   secretOption =
     what:
     mkOption {
-      type = types.nullOr types.path;
+      type = types.nullOr secretPath;
       default = null;
       example = "/run/secrets/aistack-${what}";
       description = ''
@@ -185,13 +208,13 @@ in
       services.aiStack.settings = mkMerge [
         (mkIf cfg.qdrant.createLocally { qdrant.url = "http://127.0.0.1:6333"; })
         (mkIf (cfg.postgres.passwordFile != null) { postgres.password_file = "postgres-password"; })
-        (mkIf (cfg.qdrant.apiKeyFile != null) { qdrant.api_key_file = "qdrant-api-key"; })
+        (mkIf qdrantHasKey { qdrant.api_key_file = "qdrant-api-key"; })
         (mkIf (cfg.embedding.apiKeyFile != null) { embedding.api_key_file = "embedding-api-key"; })
       ];
 
       services.aiStack.credentials =
         optional (cfg.postgres.passwordFile != null) "postgres-password:${cfg.postgres.passwordFile}"
-        ++ optional (cfg.qdrant.apiKeyFile != null) "qdrant-api-key:${cfg.qdrant.apiKeyFile}"
+        ++ optional qdrantHasKey "qdrant-api-key:${qdrantKeyFile}"
         ++ optional (cfg.embedding.apiKeyFile != null) "embedding-api-key:${cfg.embedding.apiKeyFile}";
 
       assertions = [
@@ -209,6 +232,17 @@ in
             not both. Local mode admits one process, so the units need a server.
           '';
         }
+        {
+          # nixpkgs marks fastembed broken on some platforms (aarch64-linux); the package
+          # is then built without it.
+          assertion = cfg.package.passthru.localEmbedding or true || (cfg.settings.embedding.backend or "fastembed") != "fastembed";
+          message = ''
+            services.aiStack: the package has no local embedding model on this platform
+            (fastembed is unavailable in nixpkgs here). Set
+            services.aiStack.settings.embedding.backend = "openai" and embedding.url to an
+            OpenAI-compatible embedding server.
+          '';
+        }
       ];
 
       users.users = optionalAttrs (cfg.user == "aistack") {
@@ -221,7 +255,10 @@ in
       };
       users.groups = optionalAttrs (cfg.group == "aistack") { aistack = { }; };
 
-      environment.systemPackages = [ cfg.package ];
+      environment.systemPackages = [
+        cfg.package
+        manage
+      ];
       system.build.aistackConfig = checkedConfig;
     }
 
@@ -245,6 +282,41 @@ in
           service.host = "127.0.0.1";
           service.http_port = 6333;
           telemetry_disabled = true;
+        };
+      };
+      # Qdrant reads its key from QDRANT__SERVICE__API_KEY; the file is root's, read by
+      # systemd, so the key never enters the store or Qdrant's settings file.
+      systemd.services.qdrant = {
+        requires = [ "aistack-qdrant-key.service" ];
+        after = [ "aistack-qdrant-key.service" ];
+        serviceConfig.EnvironmentFile = "${qdrantKeyDirectory}/qdrant.env";
+      };
+      systemd.services.aistack-qdrant-key = {
+        description = "aistack: the API key of the local Qdrant";
+        before = [ "qdrant.service" ];
+        path = [ pkgs.coreutils ];
+        script =
+          lib.optionalString (cfg.qdrant.apiKeyFile == null) ''
+            key=${qdrantKeyDirectory}/api-key
+            if [ ! -s "$key" ]; then
+              head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key.new"
+              mv "$key.new" "$key"
+            fi
+          ''
+          + ''
+            printf 'QDRANT__SERVICE__API_KEY=%s\n' "$(cat ${qdrantKeyFile})" > ${qdrantKeyDirectory}/qdrant.env.new
+            mv ${qdrantKeyDirectory}/qdrant.env.new ${qdrantKeyDirectory}/qdrant.env
+          '';
+        # Root (the key is root's), but otherwise as confined as the daemon's units.
+        serviceConfig = cfg.hardening // {
+          Type = "oneshot";
+          RemainAfterExit = true;
+          StateDirectory = "aistack-qdrant-key";
+          StateDirectoryMode = "0700";
+          PrivateNetwork = true;
+          RestrictAddressFamilies = "none";
+          ProcSubset = "pid";
+          MemoryDenyWriteExecute = true;
         };
       };
     })

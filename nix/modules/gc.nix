@@ -106,9 +106,9 @@ in
     systemd.services.aistack-gc = {
       description = "aistack garbage collection of the learning store";
       after =
-        lib.optional top.postgres.createLocally "postgresql.service"
+        lib.optional top.postgres.createLocally "postgresql.target"
         ++ lib.optional top.qdrant.createLocally "qdrant.service";
-      requires = lib.optional top.postgres.createLocally "postgresql.service";
+      requires = lib.optional top.postgres.createLocally "postgresql.target";
       startAt = [ ]; # the timer below carries the schedule and its options
       serviceConfig = top.hardening // {
         Type = "oneshot";

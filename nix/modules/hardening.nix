@@ -21,7 +21,8 @@
       ProtectKernelLogs = true;
       ProtectControlGroups = true;
       ProtectProc = "invisible";
-      ProcSubset = "pid";
+      # Not ProcSubset=pid: it hides /proc/cpuinfo, which onnxruntime reads at import to
+      # pick its kernels (older builds abort without it), and the units load the model.
       RestrictAddressFamilies = [
         "AF_UNIX"
         "AF_INET"

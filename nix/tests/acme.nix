@@ -1,6 +1,8 @@
 # ACME end to end: pebble from nixpkgs' ACME test server, nginx serving our certificate,
 # a forced renewal changing it and reloading nginx, and the CA down: failure counted, old
-# certificate kept.
+# certificate kept. As nixpkgs' own acme tests: the certificate names the node's fqdn,
+# which the test server's resolver answers, and pebble's issuing root (new at each start)
+# is fetched from its management port.
 { self }:
 {
   name = "aistack-acme";
@@ -14,13 +16,14 @@
       };
 
     webserver =
-      { nodes, pkgs, ... }:
+      { config, nodes, pkgs, ... }:
       {
         imports = [
           self.nixosModules.default
           "${pkgs.path}/nixos/tests/common/acme/client"
         ];
         virtualisation.memorySize = 3072;
+        networking.domain = "example.test";
         networking.firewall.allowedTCPPorts = [ 80 443 ];
         services.aiStack = {
           enable = true;
@@ -28,7 +31,7 @@
           validation.enable = true;
           acme = {
             enable = true;
-            domains = [ "a.example.test" ];
+            domains = [ config.networking.fqdn ];
             email = "admin@example.test";
             acceptTerms = true;
             server = "https://${nodes.acme.test-support.acme.caDomain}/dir";
@@ -49,20 +52,31 @@
 
   testScript =
     { nodes, ... }:
+    let
+      domain = nodes.webserver.networking.fqdn;
+      caDomain = nodes.acme.test-support.acme.caDomain;
+      live = "/var/lib/aistack/certs/${domain}";
+    in
     ''
       def served_serial():
           return client.succeed(
-              "openssl s_client -connect a.example.test:443 -servername a.example.test </dev/null"
+              "openssl s_client -connect ${domain}:443 -servername ${domain} </dev/null"
               " 2>/dev/null | openssl x509 -noout -serial"
           ).strip()
 
+      def status_from_client(path):
+          return client.succeed(
+              "curl -s -o /dev/null -w '%{http_code}' --cacert /tmp/pebble-root.pem"
+              f" https://${domain}{path}"
+          ).strip()
+
       start_all()
-      acme.wait_for_unit("network-online.target")
       acme.wait_for_unit("pebble.service")
+      acme.wait_for_open_port(443)
       webserver.wait_for_unit("nginx.service")
 
       with subtest("the placeholder stands before the first issuance"):
-          webserver.succeed("test -e /var/lib/aistack/certs/a.example.test/fullchain.pem")
+          webserver.succeed("test -e ${live}/fullchain.pem")
           placeholder = served_serial()
 
       with subtest("issue via webroot served by nginx, then nginx serves it"):
@@ -70,34 +84,45 @@
           webserver.succeed("journalctl -u aistack-acme | grep -q event=acme.renewed")
           first = served_serial()
           assert first != placeholder, first
-          client.succeed("curl --fail -o /dev/null https://a.example.test/healthz")
-          mode = webserver.succeed("stat -c %a /var/lib/aistack/certs/a.example.test/key.pem").strip()
-          assert mode == "600", mode
+          # pebble makes a new issuing root at each start: fetch it, then verify for real.
+          client.succeed("curl --fail -o /tmp/pebble-root.pem https://${caDomain}:15000/roots/0")
+          client.succeed("curl --fail --cacert /tmp/pebble-root.pem -o /dev/null https://${domain}/healthz")
+          mode = webserver.succeed("stat -c %a ${live}/key.pem").strip()
+          assert mode == "640", mode
+          webserver.succeed("sudo -u nginx cat ${live}/key.pem > /dev/null")
+          webserver.fail("sudo -u nobody cat ${live}/key.pem")
+
+      with subtest("only the API routes are public"):
+          assert status_from_client("/metrics") == "403"
+          assert status_from_client("/readyz") == "403"
+          assert status_from_client("/openapi.json") == "403"
+          assert status_from_client("/nothing-here") == "404"
+          webserver.succeed("curl -sf -k https://127.0.0.1/metrics | grep -q aistack_")
 
       with subtest("a second run does nothing"):
           webserver.succeed("systemctl start aistack-acme.service")
           assert served_serial() == first
 
       with subtest("forced renewal changes the certificate and reloads nginx"):
-          webserver.succeed(
-              "sudo -u aistack aistack acme renew --force --config ${nodes.webserver.services.aiStack.configFile}"
-          )
+          webserver.succeed("aistack-manage acme renew --force")
           webserver.succeed(
               "aistack acme reload --config ${nodes.webserver.services.aiStack.configFile} nginx.service"
           )
-          webserver.wait_until_succeeds("true")
+          webserver.wait_until_succeeds(
+              "openssl s_client -connect 127.0.0.1:443 -servername ${domain} </dev/null 2>/dev/null"
+              f" | openssl x509 -noout -serial | grep -qv '{first}'"
+          )
           second = served_serial()
           assert second != first, second
 
       with subtest("the CA down: failure counted, old certificate kept"):
           acme.succeed("systemctl stop pebble.service")
           webserver.fail(
-              "sudo -u aistack aistack acme renew --force --metrics-file"
+              "aistack-manage acme renew --force --metrics-file"
               " /var/lib/prometheus-node-exporter-text-files/aistack-acme.prom"
-              " --config ${nodes.webserver.services.aiStack.configFile}"
           )
           metrics = webserver.succeed("cat /var/lib/prometheus-node-exporter-text-files/aistack-acme.prom")
-          assert 'aistack_acme_renewal_failures_total{certificate="a.example.test"} 1.0' in metrics, metrics
+          assert 'aistack_acme_renewal_failures_total{certificate="${domain}"} 1.0' in metrics, metrics
           assert served_serial() == second
 
       with subtest("systemd-analyze security"):

@@ -17,10 +17,6 @@
   };
 
   testScript =
-    { nodes, ... }:
-    let
-      configFile = nodes.machine.services.aiStack.configFile;
-    in
     ''
       import json
 
@@ -42,9 +38,8 @@
           corpus = machine.succeed(
               "find /nix/store -path '*aistack/demo/corpus.jsonl' | head -n1"
           ).strip()
-          machine.succeed(
-              f"sudo -u aistack aistack ingest --config ${configFile} --collection nixos_docs {corpus}"
-          )
+          # aistack-manage: as the units run, with their user and the Qdrant key credential.
+          machine.succeed(f"aistack-manage ingest --collection nixos_docs {corpus}")
 
       with subtest("roadmap: an 11 KB query is refused naming max_length"):
           answer = search({"collection": "nixos_docs", "query": "x" * 11000}, 422)
@@ -82,8 +77,24 @@
           machine.succeed("journalctl -u aistack-gateway | grep -q event=gateway.started")
 
       with subtest("SIGHUP via systemctl reload keeps the unit up"):
+          pid = machine.succeed("systemctl show -P MainPID aistack-gateway").strip()
           machine.succeed("systemctl reload aistack-gateway")
+          machine.succeed("sleep 1")
           machine.succeed("systemctl is-active aistack-gateway")
+          assert machine.succeed("systemctl show -P MainPID aistack-gateway").strip() == pid
+          machine.succeed("curl -sf http://127.0.0.1:8080/healthz")
+          machine.succeed("journalctl -u aistack-gateway | grep -q event=gateway.reloaded")
+
+      with subtest("the local Qdrant answers only with the generated key"):
+          machine.fail("curl -sf http://127.0.0.1:6333/collections")
+          key = machine.succeed("cat /var/lib/aistack-qdrant-key/api-key").strip()
+          assert len(key) == 64, key
+          machine.succeed(f"curl -sf -H 'api-key: {key}' http://127.0.0.1:6333/collections")
+          machine.fail("sudo -u aistack cat /var/lib/aistack-qdrant-key/api-key")
+
+      with subtest("a crowd of idle sockets cannot exhaust the descriptors"):
+          limit = machine.succeed("systemctl show -P LimitNOFILE aistack-gateway").strip()
+          assert int(limit) >= 65536, limit
 
       with subtest("systemd-analyze security"):
           report = machine.succeed("systemd-analyze security aistack-gateway.service")

@@ -17,10 +17,6 @@
   };
 
   testScript =
-    { nodes, ... }:
-    let
-      configFile = nodes.machine.services.aiStack.configFile;
-    in
     ''
       def learn(query, score):
           machine.succeed(
@@ -49,9 +45,9 @@
           assert 'hybrid_gc_solutions_deleted_total{reason="expired"} 1.0' in metrics, metrics
 
       with subtest("restore puts the row back"):
-          machine.succeed("sudo -u aistack aistack gc restore --config ${configFile} --run 1")
+          machine.succeed("aistack-manage gc restore --run 1")
           assert sql("SELECT count(*) FROM solved_issues") == "2"
-          status = machine.succeed("sudo -u aistack aistack gc status --config ${configFile}")
+          status = machine.succeed("aistack-manage gc status")
           assert "run 1" in status, status
 
       with subtest("systemd-analyze security"):

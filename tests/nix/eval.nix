@@ -39,6 +39,8 @@ let
       outPath = "/nix/store/00000000000000000000000000000000-coreutils";
     };
     aistack = package;
+    systemd = { outPath = "/nix/store/00000000000000000000000000000000-systemd"; };
+    writeShellScriptBin = name: _text: { outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
   };
 
   evaluated = lib.evalModules {
@@ -58,6 +60,7 @@ in
   services = aistackUnits config.systemd.services;
   timers = aistackUnits config.systemd.timers;
   nginxService = config.systemd.services.nginx or null;
+  qdrantService = config.systemd.services.qdrant or null;
   tmpfiles = config.systemd.tmpfiles.rules;
   firewall = config.networking.firewall.allowedTCPPorts;
   users = config.users.users;

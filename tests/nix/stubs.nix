@@ -43,6 +43,8 @@ let
       };
       environment = attrs;
       serviceConfig = attrs;
+      path = list types.unspecified;
+      script = mkOption { type = types.lines; default = ""; };
     };
   };
   timer = types.submodule {
@@ -60,6 +62,7 @@ let
       root = str;
       return = str;
       proxyPass = str;
+      extraConfig = mkOption { type = types.lines; default = ""; };
     };
   };
   virtualHost = types.submodule {
@@ -99,6 +102,7 @@ in
             group = str;
             home = str;
             description = str;
+            extraGroups = list types.str;
           };
         }
       );
@@ -140,6 +144,7 @@ in
       enable = flag;
       recommendedTlsSettings = flag;
       recommendedProxySettings = flag;
+      user = mkOption { type = types.str; default = "nginx"; };
       virtualHosts = mkOption {
         type = types.attrsOf virtualHost;
         default = { };

@@ -23,7 +23,11 @@ from aistack.acme import keys
 from aistack.observability.failpoints import failpoint
 
 PUBLIC_MODE = 0o644
-KEY_MODE = 0o600
+# Group-readable: a web server that serves the certificate (nixpkgs' nginx runs as user
+# nginx and loads the key in `nginx -t` before it starts) is made a member of the group
+# the ACME unit runs as, as nixpkgs' security.acme does with its certificate group. Nobody
+# else can read it.
+KEY_MODE = 0o640
 PLACEHOLDER_ORGANIZATION = "aistack placeholder"
 PLACEHOLDER_LIFETIME = datetime.timedelta(days=30)
 KEEP_VERSIONS = 2
