@@ -115,6 +115,12 @@ class VectorStore:
         except (ResponseHandlingException, ConnectionError, TimeoutError) as error:
             raise QdrantUnavailable(f"Qdrant: {error.__class__.__name__}: {error}") from error
         except UnexpectedResponse as error:
+            if error.status_code in (401, 403):
+                # A wrong or missing key is the operator's to fix, not the client's: the
+                # gateway answers 503 (not 500) and /readyz names the reason.
+                raise QdrantUnavailable(
+                    f"Qdrant refused the API key ({error.status_code}): check qdrant.api_key_file"
+                ) from error
             if error.status_code is not None and error.status_code >= 500:
                 raise QdrantUnavailable(f"Qdrant answered {error.status_code}") from error
             raise
