@@ -10,20 +10,21 @@
   nodes = {
     # pebble as the CA, with its test DNS (nixpkgs' own ACME tests use this node).
     acme =
-      { nodes, pkgs, ... }:
+      { nodes, pkgs, modulesPath, ... }:
       {
-        imports = [ "${pkgs.path}/nixos/tests/common/acme/server" ];
+        imports = [ "${modulesPath}/../tests/common/acme/server" ];
       };
 
     webserver =
-      { config, nodes, pkgs, ... }:
+      { config, nodes, pkgs, modulesPath, ... }:
       {
         imports = [
           self.nixosModules.default
-          "${pkgs.path}/nixos/tests/common/acme/client"
+          "${modulesPath}/../tests/common/acme/client"
         ];
         virtualisation.memorySize = 3072;
         networking.domain = "example.test";
+        networking.nameservers = [ nodes.acme.networking.primaryIPAddress ];
         networking.firewall.allowedTCPPorts = [ 80 443 ];
         services.aiStack = {
           enable = true;
@@ -43,10 +44,11 @@
       };
 
     client =
-      { nodes, pkgs, ... }:
+      { nodes, pkgs, modulesPath, ... }:
       {
-        imports = [ "${pkgs.path}/nixos/tests/common/acme/client" ];
+        imports = [ "${modulesPath}/../tests/common/acme/client" ];
         environment.systemPackages = [ pkgs.openssl pkgs.curl ];
+        networking.nameservers = [ nodes.acme.networking.primaryIPAddress ];
       };
   };
 
