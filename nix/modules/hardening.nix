@@ -42,6 +42,10 @@
         "~@privileged"
         "~@resources"
       ];
+      # A filtered call fails with EPERM instead of killing the process: numpy's and
+      # onnxruntime's allocators call mbind (in @resources) as a NUMA hint and carry on
+      # without it; the rig found `db migrate` killed by SIGSYS there under systemd 252.
+      SystemCallErrorNumber = "EPERM";
       CapabilityBoundingSet = "";
       AmbientCapabilities = "";
       DevicePolicy = "closed";
