@@ -10,6 +10,7 @@ packages' own units are masked so only the rendered units run.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import shutil
 import subprocess
@@ -250,6 +251,8 @@ def check_configs(node: dict[str, Any], root: Path) -> None:
             ],
             capture_output=True,
             text=True,
+            # The daemon from this checkout, whatever the host's Python has installed.
+            env={**os.environ, "PYTHONPATH": str(CHECKOUT / "daemon")},
         )
         if result.returncode != 0:
             raise RuntimeError(
@@ -268,6 +271,7 @@ def install(
     install_users(root, node.get("users", {}), node.get("groups", {}))
     binds = install_packages(root, node.get("packages", {}))
     install_files(root, node.get("files", {}), assets)
+    adapt_tls_groups_to_debian_openssl(name, root, node.get("files", {}))
     install_units(root, node)
     tmpfiles = [*node.get("tmpfiles", []), *NIXOS_PATHS]
     write(root / "etc/tmpfiles.d/nixos.conf", ("\n".join(tmpfiles) + "\n").encode(), 0o644)
@@ -396,6 +400,10 @@ def install_package(root: Path, store_path: str, package: str) -> list[Bind]:
         programs = dpkg_programs(root, DPKG_PACKAGES[package])
         return link_bin(store, {**programs, **EXTRA_PROGRAMS.get(package, {})})
     if package == "nginx":
+        # Debian's nginx is built with its temp paths in /var/lib/nginx (read-only under
+        # ProtectSystem=strict), nixpkgs' with them in /tmp (the unit's PrivateTmp).
+        shutil.rmtree(root / "var/lib/nginx", ignore_errors=True)
+        symlink(root / "var/lib/nginx", "/tmp")
         return link_bin(store, {"nginx": "/usr/sbin/nginx"})
     if package == "postgresql":
         return link_bin(store, postgresql_programs(root))
@@ -487,6 +495,42 @@ def install_files(root: Path, files: dict[str, Any], assets: dict[str, bytes]) -
         if spec.get("user") or spec.get("group"):
             owner = f"{spec.get('user', 'root')}:{spec.get('group', 'root')}"
             chroot(root, "chown", owner, path)
+
+
+# nixpkgs' recommendedTlsSettings offer the hybrid post-quantum group X25519MLKEM768, which
+# OpenSSL has from 3.5 (nixpkgs' nginx links a current OpenSSL). Debian bookworm's nginx, the
+# stand-in, links OpenSSL 3.0, where `nginx -t` refuses the whole line. Only that group is
+# dropped, and the run says so; the rest of the rendered configuration is unchanged.
+PQ_GROUP = "X25519MLKEM768:"
+TLS_GROUPS_LINE = re.compile(r'^(\s*ssl_conf_command Groups ")' + PQ_GROUP, re.MULTILINE)
+
+
+def openssl_version(root: Path) -> tuple[int, int]:
+    result = subprocess.run(
+        ["chroot", str(root), "openssl", "version"], capture_output=True, text=True, check=True
+    )
+    match = re.match(r"OpenSSL (\d+)\.(\d+)", result.stdout)
+    if match is None:
+        raise RuntimeError(f"openssl version: unexpected {result.stdout!r}")
+    return int(match[1]), int(match[2])
+
+
+def adapt_tls_groups_to_debian_openssl(name: str, root: Path, files: dict[str, Any]) -> None:
+    for path, spec in files.items():
+        if not TLS_GROUPS_LINE.search(spec.get("text", "")):
+            continue
+        version = openssl_version(root)
+        if version >= (3, 5):
+            return
+        target = inside(root, path)
+        mode = target.stat().st_mode & 0o7777
+        target.chmod(0o644)
+        target.write_text(TLS_GROUPS_LINE.sub(r"\1", target.read_text()))
+        target.chmod(mode)
+        log(
+            f"vm: {name}: {path}: dropped {PQ_GROUP.rstrip(':')} from ssl_conf_command Groups"
+            f" (the stand-in nginx links OpenSSL {version[0]}.{version[1]}; it needs 3.5)"
+        )
 
 
 # What every NixOS system has: its scripted networking links network.target to

@@ -8,12 +8,15 @@ Local mode keeps its store in this process and admits one process at a time.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -29,6 +32,16 @@ ID_NAMESPACE = uuid.UUID("5d6c7b1e-2f1a-4c59-9a53-6e3f1d2b7a10")
 # took 23.5 s for the whole scroll, the slowest page 208 ms; 2048-point pages 6.4 s, the
 # slowest 275 ms; 8192-point pages 6.6 s, the slowest 871 ms.
 LOCAL_SCROLL_BATCH = 2048
+
+
+def is_loopback(url: str | None) -> bool:
+    host = urlsplit(url or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class QdrantUnavailable(Exception):
@@ -98,9 +111,14 @@ class VectorStore:
                 ) from None
             return cls(client, local=True, local_path=config.path)
         api_key = read_secret(config.api_key_file) if config.api_key_file else None
-        client = QdrantClient(
-            url=config.url, api_key=api_key, timeout=10, check_compatibility=False
-        )
+        with warnings.catch_warnings():
+            if is_loopback(config.url):
+                # A key sent over loopback never leaves the host; qdrant-client's warning
+                # at every start would only teach admins to ignore it. Elsewhere it stays.
+                warnings.filterwarnings("ignore", "Api key is used with an insecure connection")
+            client = QdrantClient(
+                url=config.url, api_key=api_key, timeout=10, check_compatibility=False
+            )
         return cls(client, local=False)
 
     @property
