@@ -4,7 +4,6 @@ Regenerate with `AISTACK_NIXPKGS_LIB=... python3 -m tests.vm.render`."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.tools import tool_missing
+from tests.vm.machine import lint
 from tests.vm.render import LIB_HINT, SCENARIOS, dumps, path_of, render
 
 
@@ -70,45 +70,22 @@ def test_committed_rendering_is_current(name):
     )
 
 
-# What nixos/lib/testing/driver.nix hands pyflakes as builtins: the node names and the
-# driver's globals. No nixpkgs is needed: the scripts are the committed renderings.
-DRIVER_GLOBALS = [
-    "start_all",
-    "test_script",
-    "machines",
-    "vlans",
-    "driver",
-    "log",
-    "os",
-    "create_machine",
-    "subtest",
-    "run_tests",
-    "join_all",
-    "retry",
-    "serial_stdout_off",
-    "serial_stdout_on",
-    "polling_condition",
-    "Machine",
-    "t",
-]
-
-
-def pyflakes(script: str, builtins: list[str]) -> list[str]:
-    """pyflakes' messages for a script, with the driver's names as builtins."""
-    from pyflakes.checker import Checker
-
-    checker = Checker(ast.parse(script), filename="testScript", builtins=set(builtins))
-    return [str(message) for message in checker.messages]
-
-
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_the_test_script_is_pyflakes_clean_as_the_nixpkgs_driver_requires(name):
+    # The lint `python3 -m tests.vm` runs first: pyflakes with the builtins that
+    # nixos/lib/testing/driver.nix hands it (the node names and the driver's symbols).
     rendering = json.loads(path_of(name).read_text())
-    assert pyflakes(rendering["testScript"], [*rendering["nodes"], *DRIVER_GLOBALS]) == []
+    assert lint(rendering["testScript"], list(rendering["nodes"])) == ""
 
 
 def test_the_lint_sees_an_f_string_left_without_placeholders():
     # The defect nix/tests/gc.nix had: Nix substituted ${configFile} into an f-string.
     script = 'machine.succeed(f"aistack gc status --config /nix/store/x-aistack.json")\n'
-    (message,) = pyflakes(script, ["machine"])
-    assert "f-string is missing placeholders" in message
+    report = lint(script, ["machine"])
+    assert "f-string is missing placeholders" in report, report
+
+
+def test_the_lint_knows_the_driver_symbols_and_no_more():
+    script = "start_all()\nwith subtest('x'):\n    webserver.succeed('true')\nscreen.x()\n"
+    report = lint(script, ["webserver", "acme"])
+    assert report.count("undefined name") == 1 and "'screen'" in report, report

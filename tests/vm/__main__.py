@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from tests.vm import container as ct
+from tests.vm.install import host_python_mismatch
 from tests.vm.machine import RENDERED, Logger, MachineError, Timings, diagnose, lint, reap, rig
 
 
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             " apt-get install systemd-container debootstrap",
             file=sys.stderr,
         )
+        return 2
+    mismatch = host_python_mismatch()
+    if mismatch:
+        print(f"tests.vm: {mismatch}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, terminate)

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.vm.container import ROOT, Container, log
+from tests.vm.container import ROOT, SUITE, Container, log
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # the checkout the rig runs from
 HOST_SITE = Path(sysconfig.get_paths()["purelib"])  # the daemon's dependencies (cp311 wheels)
@@ -153,6 +153,17 @@ def make_assets() -> dict[str, bytes]:
         "acme-test-cert": cert.public_bytes(serialization.Encoding.PEM),
         "acme-test-key": pem_key(key),
     }
+
+
+def host_python_mismatch() -> str | None:
+    """Why the host's site-packages cannot run in the root's Python 3.11, or None."""
+    if sys.version_info[:2] == (3, 11):
+        return None
+    found = ".".join(map(str, sys.version_info[:3]))
+    return (
+        f"the rig runs the host's installed packages in Debian {SUITE}'s Python 3.11, "
+        f"but the host's is {found}: run it with a Python 3.11 environment"
+    )
 
 
 def ensure_node_site() -> None:
