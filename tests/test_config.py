@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import regex
 
 from aistack.config import ConfigError, load_config, normalise_text, read_secret
 
@@ -137,6 +138,16 @@ def test_normalisation_folds_case_width_space_and_invisible_characters():
     assert normalise_text("ＤＲＯＰ\t\tTable") == "drop table"
     assert normalise_text("dr\u200bop ") == "drop "
     assert normalise_text("<ScRiPt>") == "<script>"
+
+
+def test_every_default_ignorable_code_point_is_removed_before_matching():
+    # From the Unicode property itself (the `regex` module's tables), not a list of ours:
+    # each of these renders as nothing, so none may split a deny pattern.
+    ignorable = regex.compile(r"\p{Default_Ignorable_Code_Point}")
+    invisible = [chr(c) for c in range(0x110000) if ignorable.match(chr(c))]
+    assert len(invisible) > 4000 and "\u034f" in invisible and "\U000e0100" in invisible
+    splitting = [c for c in invisible if normalise_text(f"<scr{c}ipt") != "<script"]
+    assert splitting == [], [f"U+{ord(c):04X}" for c in splitting[:20]]
 
 
 def run_cli(*args):

@@ -146,6 +146,13 @@ async def test_extra_fields_and_bad_json_are_refused(gateway):
         "DROP\tTABLE users",
         "ＤＲＯＰ ｔａｂｌｅ x",  # fullwidth, folded by NFKC
         "dr\u200bop table x",  # zero-width space inside the word
+        # Default_Ignorable_Code_Points that are not format characters (Cf): the combining
+        # grapheme joiner, a variation selector, two Hangul fillers, a Mongolian selector.
+        "<scr\u034fipt>",
+        "<scr\ufe0fipt>",
+        "<scr\u3164ipt>",
+        "<scr\uffa0ipt>",
+        "<scr\u180bipt>",
         "cat ../../etc/passwd",
         "<SCRIPT src=x>",
     ],

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import regex
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +31,11 @@ COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RATE_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 RATE_WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 WHITESPACE_RUN = re.compile(r"\s+")
+# What renders as nothing would split a deny pattern ("<scr\u034fipt"): every
+# Default_Ignorable_Code_Point (variation selectors, Hangul fillers, the combining grapheme
+# joiner, ...) and every format character (Cf). The `regex` module, because the standard
+# library's unicodedata does not know the property; it follows the current Unicode.
+INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
 HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
@@ -142,9 +148,7 @@ def normalise_text(text: str) -> str:
     Without this, "DROP\\tTABLE" or a fullwidth "ＤＲＯＰ " would pass the pattern "drop ".
     """
     folded = unicodedata.normalize("NFKC", text).casefold()
-    # Zero-width and other format characters would split a pattern ("dr\u200bop ").
-    visible = "".join(char for char in folded if unicodedata.category(char) != "Cf")
-    return WHITESPACE_RUN.sub(" ", visible)
+    return WHITESPACE_RUN.sub(" ", INVISIBLE.sub("", folded))
 
 
 class ValidationConfig(Section):

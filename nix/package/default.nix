@@ -61,6 +61,7 @@ buildPythonApplication {
       acme
       josepy
       cryptography
+      regex
     ]
     ++ lib.optionals localEmbedding [
       fastembed
