@@ -135,6 +135,26 @@ async def test_extra_fields_and_bad_json_are_refused(gateway):
     assert (status, body["detail"]) == (422, "body: body must be a JSON object")
 
 
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (b'{"collection":"nixos_docs","query":"q","limit":1000,"limit":5}', "limit"),
+        (b'{"collection":"nixos_docs","query":"q","collection":"nixos_docs"}', "collection"),
+        (b'{"collection":"nixos_docs","query":"a","query":"b"}', "query"),
+    ],
+)
+async def test_duplicate_keys_are_refused_naming_the_key(gateway, raw, key):
+    # pydantic keeps the last of a repeated key; a proxy or audit log keeping the first
+    # would see another request than the one answered.
+    server = await gateway()
+    headers = {"Content-Type": "application/json"}
+    status, body, _ = await post(server, None, headers, raw)
+    assert (status, body["detail"]) == (422, f"{key}: duplicate key")
+    assert body["errors"] == [{"loc": key, "type": "duplicate_key", "msg": "duplicate key"}]
+    _, metrics, _ = await get(server, "/metrics")
+    assert 'aidb_query_validation_failures_total{reason="duplicate_key"} 1.0' in metrics
+
+
 # -- injection patterns ----------------------------------------------------------------
 
 

@@ -82,6 +82,66 @@ async def test_bad_solutions_are_refused_and_change_nothing(gateway, learning, b
     assert await learning.rows() == {}
 
 
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (
+            {**VIM, "solution": "<script>alert(1)</script>"},
+            "solution: matches deny pattern '<script'",
+        ),
+        ({**VIM, "solution": "cat ../../etc/shadow"}, "solution: matches deny pattern '../'"),
+        (
+            {"query": "'; DROP TABLE solved_issues; --", "solution": "x"},
+            "query: matches deny pattern 'drop '",
+        ),
+        # Both fields are screened and both named; disguises are folded as for searches.
+        (
+            {"query": "<SCR\u034fIPT>", "solution": "ＤＲＯＰ table x"},
+            "query: matches deny pattern '<script'; solution: matches deny pattern 'drop '",
+        ),
+    ],
+)
+async def test_learned_text_gets_the_content_rules_of_queries(gateway, learning, body, detail):
+    server = await start(gateway, learning)
+    status, answer, _ = await learn(server, {**body, "value_score": 0.5})
+    assert (status, answer["detail"]) == (422, detail)
+    assert {error["type"] for error in answer["errors"]} == {"deny_pattern"}
+    assert await learning.rows() == {}
+    assert await learning.point_ids() == []
+
+
+async def test_a_repeated_key_is_refused_and_stores_nothing(gateway, learning):
+    server = await start(gateway, learning)
+    raw = b'{"query":"q","solution":"s","value_score":0.9,"value_score":0.1}'
+    async with ClientSession() as session:
+        async with session.post(
+            server.make_url("/hybrid/learn"),
+            data=raw,
+            headers={"Content-Type": "application/json"},
+        ) as response:
+            assert response.status == 422
+            assert (await response.json())["detail"] == "value_score: duplicate key"
+    assert await learning.rows() == {}
+
+
+async def test_learned_text_has_its_own_patterns_and_action(gateway, learning):
+    server = await start(
+        gateway,
+        learning,
+        validation={"learn_deny_patterns": ["<script"], "learn_deny_action": "log"},
+    )
+    # "../" is denied in searches but not in learned text here; "<script" is only logged.
+    config = {**VIM, "solution": "imports = [ ../hardware.nix ];", "value_score": 0.5}
+    assert (await learn(server, config))[0] == 201
+    logged = {"query": "Embed a <script> tag", "solution": "no", "value_score": 0.5}
+    assert (await learn(server, logged))[0] == 201
+    assert len(await learning.rows()) == 2
+    async with ClientSession() as session:
+        async with session.get(server.make_url("/metrics")) as response:
+            metrics = await response.text()
+    assert 'aidb_query_validation_failures_total{reason="deny_pattern"} 1.0' in metrics
+
+
 async def test_qdrant_down_leaves_no_row(gateway, learning):
     config = validate_config({"qdrant": {"url": f"http://127.0.0.1:{free_port()}"}})
     down = VectorStore.connect(config.qdrant)

@@ -169,6 +169,12 @@ class ValidationConfig(Section):
         default_factory=lambda: ["<script", "drop ", "../"]
     )
     deny_action: Literal["reject", "log"] = "reject"
+    # Learned text (`/hybrid/learn`: query and solution) is screened with its own set: a
+    # stored solution may need what a query may not ("imports = [ ../hardware.nix ]").
+    learn_deny_patterns: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=lambda: ["<script", "drop ", "../"]
+    )
+    learn_deny_action: Literal["reject", "log"] = "reject"
     rate_limits: list[str] = Field(default_factory=lambda: ["60/minute", "1000/hour"])
     rate_limit_storage: str = "memory://"
     rate_limit_max_clients: int = Field(default=100_000, ge=1, le=10_000_000)
@@ -214,6 +220,9 @@ class ValidationConfig(Section):
 
     def normalised_deny_patterns(self) -> list[str]:
         return [normalise_text(pattern) for pattern in self.deny_patterns]
+
+    def normalised_learn_deny_patterns(self) -> list[str]:
+        return [normalise_text(pattern) for pattern in self.learn_deny_patterns]
 
     def rate_windows(self) -> list[tuple[str, int, int]]:
         """(name, quota, window seconds) for each configured limit, shortest window first."""

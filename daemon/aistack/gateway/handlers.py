@@ -18,6 +18,7 @@ from aistack.gateway.answers import (
 )
 from aistack.gateway.bodies import BodyTooLarge, BodyTooSlow, buffered_body, read_body
 from aistack.gateway.gate import too_large
+from aistack.gateway.requests import ContentRules, Problem
 from aistack.gateway.state import STATE, GatewayState
 from aistack.observability.logs import EventLog
 from aistack.stores import postgres
@@ -57,17 +58,9 @@ async def search(request: web.Request) -> web.Response:
             state.metrics.rejected(problem.reason)
         return problems_answer(query)
 
-    pattern = state.rules.first_match(query.query)
-    if pattern is not None:
-        state.metrics.rejected("deny_pattern")
-        log.warning(
-            "gateway.deny_pattern",
-            pattern=pattern,
-            action="reject" if state.rules.reject else "log",
-            collection=query.collection,
-        )
-        if state.rules.reject:
-            return problems_answer([state.rules.problem("query", pattern)])
+    denied = screen(state, state.rules, "/vector/search", {"query": query.query})
+    if denied:
+        return problems_answer(denied)
     state.metrics.query_size.observe(len(query.query.encode()))
 
     assert state.embedder is not None and state.store is not None and state.totals is not None
@@ -94,6 +87,28 @@ async def search(request: web.Request) -> web.Response:
             "has_more": has_more,
         }
     )
+
+
+def screen(
+    state: GatewayState, rules: ContentRules, endpoint: str, fields: dict[str, str]
+) -> list[Problem]:
+    """Each field's first deny-pattern hit, counted and logged; the problems to answer 422
+    with when the rules reject, none when they only log."""
+    problems = []
+    for field, text in fields.items():
+        pattern = rules.first_match(text)
+        if pattern is None:
+            continue
+        state.metrics.rejected("deny_pattern")
+        log.warning(
+            "gateway.deny_pattern",
+            endpoint=endpoint,
+            field=field,
+            pattern=pattern,
+            action="reject" if rules.reject else "log",
+        )
+        problems.append(rules.problem(field, pattern))
+    return problems if rules.reject else []
 
 
 def page_total(cached: int, offset: int, returned: int, has_more: bool) -> int:

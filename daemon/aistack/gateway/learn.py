@@ -15,7 +15,7 @@ from aiohttp import web
 
 from aistack.embedding import EmbedderUnavailable
 from aistack.gateway.answers import json_answer, problems_answer
-from aistack.gateway.handlers import body_or_answer, dependency_down
+from aistack.gateway.handlers import body_or_answer, dependency_down, screen
 from aistack.gateway.requests import LearnRequest, RequestRejected, parse_request
 from aistack.gateway.state import STATE, GatewayState
 from aistack.stores import postgres
@@ -46,6 +46,11 @@ async def learn(request: web.Request) -> web.Response:
         for problem in rejected.problems:
             state.metrics.rejected(problem.reason)
         return problems_answer(rejected.problems)
+    denied = screen(
+        state, state.learn_rules, "/hybrid/learn", {"query": item.query, "solution": item.solution}
+    )
+    if denied:
+        return problems_answer(denied)
     state.metrics.query_size.observe(len(item.query.encode()))
 
     assert state.embedder is not None and state.store is not None

@@ -54,6 +54,7 @@ class GatewayState:
     metrics: GatewayMetrics
     search_parser: SearchParser
     rules: ContentRules
+    learn_rules: ContentRules
     limiter: RateLimiter
     policy_header: str
     collections: frozenset[str]
