@@ -249,6 +249,33 @@ def test_sighup_without_tls_keeps_serving(tmp_path):
     assert "<6>event=gateway.reloaded tls=False" in gateway.output()
 
 
+def test_a_client_hanging_up_mid_body_is_counted_apart_and_not_an_error(tmp_path):
+    # The real process: aiohttp's TestServer does not pass a lost connection on to a
+    # handler that is reading the body (its handler waits until the server closes).
+    port = free_port()
+    gateway = Gateway(write_config(tmp_path, port), tmp_path)
+    try:
+        gateway.wait_ready()
+        head = (
+            b"POST /vector/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n"
+        )
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                client.sendall(head + b'{"collection": "nixos_')
+                time.sleep(0.2)
+        time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            metrics = response.read().decode()
+    finally:
+        gateway.stop()
+    assert 'aistack_http_requests_total{endpoint="/vector/search",status="499"} 2.0' in metrics
+    assert 'status="500"' not in metrics
+    output = gateway.output()
+    assert output.count("<6>event=gateway.client_gone endpoint=/vector/search") == 2, output
+    assert "Traceback" not in output and "<3>" not in output, output
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

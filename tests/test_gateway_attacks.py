@@ -4,8 +4,10 @@ on a loopback socket with the real model and local Qdrant."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
+import logging
 import re
 
 import pytest
@@ -528,3 +530,50 @@ async def test_acme_challenge_tokens_are_served_from_the_webroot(gateway, tmp_pa
     assert (status, text) == (200, "tok_en-1.thumbprint")
     for probe in ("missing", "..%2F..%2Fsecret", "%2e%2e", "a.b"):
         assert (await get(server, f"/.well-known/acme-challenge/{probe}"))[0] == 404
+
+
+# -- content codings and clients that hang up ------------------------------------------
+
+
+def search_head(coding: str, length: int) -> bytes:
+    return (
+        b"POST /vector/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Encoding: %s\r\nContent-Length: %d\r\n\r\n" % (coding.encode(), length)
+    )
+
+
+def no_error_logged(caplog) -> None:
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_body_that_does_not_decode_is_a_400_naming_the_coding(gateway, caplog, coding):
+    server = await gateway()
+    garbage = b"this is not compressed"
+    answer = await raw_exchange(server, search_head(coding, len(garbage)) + garbage)
+    assert status_of(answer) == 400, answer[:200]
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["detail"] == f"body: does not decode as its Content-Encoding '{coding}'"
+    no_error_logged(caplog)
+    _, metrics, _ = await get(server, "/metrics")
+    assert 'aidb_query_validation_failures_total{reason="undecodable_body"} 1.0' in metrics
+    assert 'endpoint="/vector/search",status="500"' not in metrics
+
+
+async def test_a_gzip_body_that_decodes_is_served(gateway):
+    server = await gateway()
+    packed = gzip.compress(json.dumps(SEARCH).encode())
+    answer = await raw_exchange(server, search_head("gzip", len(packed)) + packed)
+    assert status_of(answer) == 200, answer[:300]
+
+
+@pytest.mark.parametrize("coding", ["x-foo", "gzip, gzip", "compress"])
+async def test_an_unsupported_coding_is_415_with_accept_encoding(gateway, coding):
+    server = await gateway()
+    raw = json.dumps(SEARCH).encode()
+    answer = await raw_exchange(server, search_head(coding, len(raw)) + raw)
+    assert status_of(answer) == 415, answer[:300]
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"\r\nAccept-Encoding: gzip, deflate\r\n" in head
+    assert f"Content-Encoding {coding!r} is not supported" in json.loads(body)["detail"]

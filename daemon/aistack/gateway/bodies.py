@@ -25,6 +25,21 @@ class BodyTooSlow(Exception):
     pass
 
 
+class BodyUndecodable(Exception):
+    """The body does not decode as its Content-Encoding says (aiohttp decodes as it reads)."""
+
+
+class ClientGone(Exception):
+    """The client hung up before its whole body arrived: its doing, not a server error."""
+
+
+def read_buffered(request: web.Request) -> bytes:
+    try:
+        return request.content.read_nowait()
+    except web.RequestPayloadError as error:
+        raise BodyUndecodable(str(error.args[0] if error.args else error)) from None
+
+
 async def defer_continue(request: web.Request) -> web.StreamResponse | None:
     """Route expect handler: say nothing yet; `read_body` sends 100 Continue when the
     request has passed every check that does not need its body."""
@@ -39,7 +54,7 @@ def buffered_body(request: web.Request, limit: int) -> bytes | None:
     search's path, refused or not."""
     if not request.content.is_eof():
         return None
-    body = request.content.read_nowait()
+    body = read_buffered(request)
     if len(body) > limit:
         raise BodyTooLarge
     return body
@@ -54,7 +69,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         request.writer.output_size = 0
     # Small bodies usually arrive with the headers: take what is buffered, and only
     # start a deadline (which costs a timer per request) when more is still to come.
-    first = request.content.read_nowait()
+    first = read_buffered(request)
     if len(first) > limit:
         raise BodyTooLarge
     if request.content.is_eof():
@@ -73,4 +88,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise BodyTooSlow from None
+    except web.RequestPayloadError as error:
+        raise BodyUndecodable(str(error.args[0] if error.args else error)) from None
+    except ConnectionResetError:
+        raise ClientGone from None
     return b"".join(chunks)

@@ -33,6 +33,7 @@ log = EventLog("gateway")
 
 BODY_ENDPOINTS = frozenset({"/vector/search", "/hybrid/learn"})
 UNMATCHED = "unmatched"  # the endpoint label of every path no route serves
+BODY_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
 
 
 def gated(endpoint: str, admit: Admission, handler: Handler) -> Handler:
@@ -131,6 +132,17 @@ def checked(state: GatewayState, request: web.Request, endpoint: str) -> web.Res
             415,
             f"body must be application/json (got {media_type[:64]!r})",
             [{"loc": "content-type", "type": "media_type", "msg": "application/json"}],
+        )
+    coding = request.headers.get("Content-Encoding")
+    if coding is not None and coding.strip().lower() not in BODY_CODINGS:
+        # aiohttp decodes gzip and deflate and passes any other coding on as if none
+        # were named: the body would be read as JSON it is not.
+        state.metrics.rejected("unsupported_content_encoding")
+        return error_answer(
+            415,
+            f"Content-Encoding {coding[:32]!r} is not supported (gzip, deflate or none)",
+            [{"loc": "content-encoding", "type": "unsupported", "msg": "gzip, deflate"}],
+            {"Accept-Encoding": "gzip, deflate"},
         )
     limit = state.config.gateway.max_body_bytes
     declared = request.content_length

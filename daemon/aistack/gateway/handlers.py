@@ -16,7 +16,14 @@ from aistack.gateway.answers import (
     problems_answer,
     unavailable_answer,
 )
-from aistack.gateway.bodies import BodyTooLarge, BodyTooSlow, buffered_body, read_body
+from aistack.gateway.bodies import (
+    BodyTooLarge,
+    BodyTooSlow,
+    BodyUndecodable,
+    ClientGone,
+    buffered_body,
+    read_body,
+)
 from aistack.gateway.gate import too_large
 from aistack.gateway.requests import ContentRules, Problem
 from aistack.gateway.state import STATE, GatewayState
@@ -28,6 +35,7 @@ log = EventLog("gateway")
 ACME_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 UNMATCHED_PATHS = "/{path:.*}"
 READY_TIMEOUT_SECONDS = 3.0
+CLIENT_CLOSED_REQUEST = 499
 
 
 async def body_or_answer(state: GatewayState, request: web.Request) -> bytes | web.Response:
@@ -41,6 +49,19 @@ async def body_or_answer(state: GatewayState, request: web.Request) -> bytes | w
     except BodyTooSlow:
         state.metrics.rejected("body_too_slow")
         return error_answer(408, "body: not received within the deadline")
+    except BodyUndecodable:
+        state.metrics.rejected("undecodable_body")
+        coding = request.headers.get("Content-Encoding", "")[:32]
+        return error_answer(
+            400,
+            f"body: does not decode as its Content-Encoding {coding!r}",
+            [{"loc": "content-encoding", "type": "undecodable", "msg": coding}],
+        )
+    except ClientGone:
+        # Counted under its own status (nginx's 499, "client closed request"), apart from
+        # our errors; nobody receives this answer.
+        log.info("gateway.client_gone", endpoint=request.path)
+        return error_answer(CLIENT_CLOSED_REQUEST, "client closed the connection mid-body")
 
 
 async def search(request: web.Request) -> web.Response:
