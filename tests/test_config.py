@@ -175,6 +175,16 @@ def test_every_bad_domain_is_named_once():
     assert "acme.domains.2: '127.0.0.1'" in lines[1]
 
 
+@pytest.mark.parametrize("challenge", ["webroot", "standalone"])
+def test_wildcards_are_refused_because_http_01_cannot_validate_them(challenge):
+    with pytest.raises(ConfigError) as caught:
+        validate_config(acme_domains("example.org", "*.example.org", challenge=challenge))
+    assert (
+        "acme.domains.1: '*.example.org' is a wildcard, and HTTP-01 (webroot, standalone) "
+        "cannot validate wildcards"
+    ) in str(caught.value)
+
+
 def test_good_domains_are_kept_as_written():
     domains = ["example.org", "www.example.org", "xn--bcher-kva.example", "a-b.c0.example", "x"]
     assert validate_config(acme_domains(*domains)).acme.domains == domains
@@ -256,6 +266,7 @@ def test_usage_errors_exit_2():
         ("example.org\n", r"'example.org\n' is not a DNS name"),
         ("\u212aexample.org", r"'\u212aexample.org' holds non-ASCII characters"),
         ("127.0.0.1", "'127.0.0.1' is an IP address, not a DNS name"),
+        ("*.example.org", "HTTP-01 (webroot, standalone) cannot validate wildcards"),
     ],
 )
 def test_config_check_refuses_a_bad_domain(tmp_path, domain, message):

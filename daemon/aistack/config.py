@@ -245,15 +245,20 @@ def certificate_domain(name: str) -> str:
     """
     # ascii() shows newlines, zero-width and look-alike characters as escapes.
     shown = ascii(name)
-    wildcard, bare = ("*.", name[2:]) if name.startswith("*.") else ("", name)
+    if name.startswith("*."):
+        # Only DNS-01 validates a wildcard; aistack has no DNS-01 challenge.
+        raise ValueError(
+            f"{shown} is a wildcard, and HTTP-01 (webroot, standalone) cannot validate wildcards:"
+            " name each host instead"
+        )
     try:
-        ipaddress.ip_address(bare.removeprefix("[").removesuffix("]"))
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
     except ValueError:
         pass
     else:
         raise ValueError(f"{shown} is an IP address, not a DNS name")
     try:
-        a_labels = wildcard + idna.encode(bare.rstrip("."), uts46=True).decode("ascii")
+        a_labels = idna.encode(name.rstrip("."), uts46=True).decode("ascii")
     except idna.IDNAError as error:
         raise ValueError(f"{shown} is not a DNS name: {error}") from None
     if a_labels.rpartition(".")[2].isdigit():
