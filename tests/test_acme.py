@@ -376,6 +376,30 @@ def test_no_domains_is_a_usage_error(tmp_path, pebble):
     assert result.returncode == 2 and "acme.domains is empty" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("domain", "message"),
+    [
+        ("example.org\n", r"acme.domains.0: 'example.org\n' is not a DNS name"),
+        ("\u212aexample.org", r"acme.domains.0: '\u212aexample.org' holds non-ASCII characters"),
+        ("127.0.0.1", "acme.domains.0: '127.0.0.1' is an IP address, not a DNS name"),
+        ("*.example.org", "HTTP-01 (webroot, standalone) cannot validate wildcards"),
+    ],
+)
+def test_placeholder_refuses_a_bad_domain_and_creates_nothing(tmp_path, domain, message):
+    path = tmp_path / "aistack.json"
+    acme = {
+        "domains": [domain],
+        "cert_dir": str(tmp_path / "certs"),
+        "state_dir": str(tmp_path / "state"),
+        "webroot": str(tmp_path / "webroot"),
+    }
+    path.write_text(json.dumps({"qdrant": {"path": str(tmp_path / "q")}, "acme": acme}))
+    result = aistack("acme", "placeholder", "--config", str(path))
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
 def test_expiry_metric_is_zero_for_the_placeholder(tmp_path, pebble):
     path = config_file(tmp_path, pebble)
     metrics = tmp_path / "acme.prom"

@@ -4,13 +4,20 @@ naming the key, the file and the line; secrets never printed."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import regex
 
-from aistack.config import ConfigError, load_config, normalise_text, read_secret
+from aistack.config import (
+    ConfigError,
+    load_config,
+    normalise_text,
+    read_secret,
+    validate_config,
+)
 
 GOOD_TOML = """\
 [gateway]
@@ -113,6 +120,89 @@ def test_bad_configs_name_the_problem(tmp_path, text, message):
     assert message in str(caught.value)
 
 
+def acme_domains(*domains: str, **acme: object) -> dict[str, object]:
+    return {"qdrant": {"path": "/x"}, "acme": {"domains": list(domains), **acme}}
+
+
+# Each bad name with what its error must say: the name as ascii() shows it (a newline,
+# a zero-width space, a look-alike letter all visible) and why it is refused.
+BAD_DOMAINS = [
+    ("example.org\n", r"'example.org\n' is not a DNS name: Codepoint U+000A"),
+    ("www.example.org\n", r"'www.example.org\n' is not a DNS name"),
+    # KELVIN SIGN, which looks like K and folds to k: suggested, never silently taken.
+    (
+        "\u212aexample.org",
+        r"'\u212aexample.org' holds non-ASCII characters; a certificate names lower-case "
+        "IDNA A-labels: write 'kexample.org'",
+    ),
+    ("b\u00fccher.example", "write 'xn--bcher-kva.example'"),
+    ("e\u200bxample.org", r"'e\u200bxample.org' holds non-ASCII characters"),
+    ("Example.org", "'Example.org' holds upper-case letters; a certificate names lower-case"),
+    (
+        "example.org.",
+        "'example.org.' ends in a dot; a certificate names lower-case IDNA "
+        "A-labels: write 'example.org'",
+    ),
+    ("127.0.0.1", "'127.0.0.1' is an IP address, not a DNS name"),
+    ("::1", "'::1' is an IP address, not a DNS name"),
+    ("[2001:db8::1]", "'[2001:db8::1]' is an IP address, not a DNS name"),
+    ("10.0.0.300", "'10.0.0.300' is not a DNS name: its last label is all digits"),
+    ("xn--a.example", "'xn--a.example' is not a DNS name"),
+    ("ab--cd.example", "'ab--cd.example' is not a DNS name: Label has disallowed hyphens"),
+    ("-a.example", "'-a.example' is not a DNS name: Label must not start or end with a hyphen"),
+    ("a..example", "'a..example' is not a DNS name: Empty Label"),
+    ("a_b.example", "'a_b.example' is not a DNS name"),
+    ("", "'' is not a DNS name"),
+    ("a" * 64 + ".example", "is not a DNS name: Label too long"),
+    ("a." * 127 + "example", "is not a DNS name: Domain too long"),
+]
+
+
+@pytest.mark.parametrize(("domain", "message"), BAD_DOMAINS)
+def test_acme_domains_must_be_lower_case_a_labels(domain, message):
+    with pytest.raises(ConfigError) as caught:
+        validate_config(acme_domains("ok.example", domain))
+    assert "acme.domains.1: " in str(caught.value) and message in str(caught.value)
+    # One line: a newline in the name cannot split the message or forge another line.
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_every_bad_domain_is_named_once():
+    with pytest.raises(ConfigError) as caught:
+        validate_config(acme_domains("example.org\n", "ok.example", "127.0.0.1"))
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert r"acme.domains.0: 'example.org\n'" in lines[0]
+    assert "acme.domains.2: '127.0.0.1'" in lines[1]
+
+
+@pytest.mark.parametrize("challenge", ["webroot", "standalone"])
+def test_wildcards_are_refused_because_http_01_cannot_validate_them(challenge):
+    with pytest.raises(ConfigError) as caught:
+        validate_config(acme_domains("example.org", "*.example.org", challenge=challenge))
+    assert (
+        "acme.domains.1: '*.example.org' is a wildcard, and HTTP-01 (webroot, standalone) "
+        "cannot validate wildcards"
+    ) in str(caught.value)
+
+
+def test_good_domains_are_kept_as_written():
+    domains = ["example.org", "www.example.org", "xn--bcher-kva.example", "a-b.c0.example", "x"]
+    assert validate_config(acme_domains(*domains)).acme.domains == domains
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("acme", "email", "admin@example.org\n", r"'admin@example.org\n' is not an e-mail"),
+        ("validation", "collections", ["docs\n"], r"'docs\n' is not 1-64 characters"),
+    ],
+)
+def test_a_trailing_newline_does_not_pass_a_pattern(section, key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({"qdrant": {"path": "/x"}, section: {key: value}})
+
+
 def test_json_syntax_error_names_the_line(tmp_path):
     with pytest.raises(ConfigError, match=r"a\.json:3: not valid JSON"):
         load_config(write(tmp_path, "a.json", '{\n "qdrant": {"path": "/x"},\n oops\n}'))
@@ -179,3 +269,20 @@ def test_usage_errors_exit_2():
     assert result.returncode == 2
     assert "--config" in result.stderr
     assert run_cli("--help").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("domain", "message"),
+    [
+        ("example.org\n", r"'example.org\n' is not a DNS name"),
+        ("\u212aexample.org", r"'\u212aexample.org' holds non-ASCII characters"),
+        ("127.0.0.1", "'127.0.0.1' is an IP address, not a DNS name"),
+        ("*.example.org", "HTTP-01 (webroot, standalone) cannot validate wildcards"),
+    ],
+)
+def test_config_check_refuses_a_bad_domain(tmp_path, domain, message):
+    path = write(tmp_path, "a.json", json.dumps(acme_domains(domain)))
+    result = run_cli("config", "check", "--config", str(path))
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: acme.domains.0: " in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

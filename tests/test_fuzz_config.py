@@ -59,7 +59,7 @@ VALID: dict[str, Any] = {
     "postgres": {"dsn": "postgresql:///aistack?host=/run/postgresql"},
     "validation": {"rate_limits": ["10/second", "60/minute"], "max_limit": 50},
     "gc": {"max_age_days": 7, "min_value_score": 0.25},
-    "acme": {"domains": ["example.org", "*.example.org"], "email": "admin@example.org"},
+    "acme": {"domains": ["example.org", "www.example.org"], "email": "admin@example.org"},
 }
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -328,7 +329,7 @@ async def test_gc_refuses_an_unmigrated_database(tmp_path, postgres, embedder):
         await store.close()
 
 
-async def test_postgres_down_is_one_clear_line(tmp_path):
+def unreachable_postgres_config(tmp_path) -> Path:
     config = tmp_path / "aistack.json"
     config.write_text(
         json.dumps(
@@ -338,10 +339,33 @@ async def test_postgres_down_is_one_clear_line(tmp_path):
             }
         )
     )
+    return config
+
+
+async def test_postgres_down_is_one_clear_line(tmp_path):
+    config = unreachable_postgres_config(tmp_path)
     result = aistack("gc", "run", "--config", str(config))
     assert result.returncode == 1
     assert "PostgreSQL (postgresql://postgres@127.0.0.1:9/aistack)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "run_id", ["99999999999999999999", "9223372036854775808", "0", "-5", "seven"]
+)
+def test_restore_of_a_run_id_no_bigint_id_can_hold_is_bad_usage(tmp_path, run_id):
+    config = unreachable_postgres_config(tmp_path)
+    result = aistack("gc", "restore", "--config", str(config), "--run", run_id)
+    assert result.returncode == 2
+    assert f"argument --run: {run_id!r} is not a run id (1 to 9223372036854775807)" in result.stderr
+    # Refused before anything is opened: the unreachable PostgreSQL is never blamed.
+    assert "PostgreSQL" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_restore_of_the_largest_run_id_goes_to_postgresql(tmp_path):
+    config = unreachable_postgres_config(tmp_path)
+    result = aistack("gc", "restore", "--config", str(config), "--run", "9223372036854775807")
+    assert result.returncode == 1 and "PostgreSQL (postgresql://" in result.stderr
 
 
 async def test_runs_do_not_overlap_in_one_process(learning: LearningStore):

@@ -188,7 +188,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     from aistack.stores.qdrant import VectorStore
 
     config = _load(args)
-    if not COLLECTION_NAME.match(args.collection):
+    if not COLLECTION_NAME.fullmatch(args.collection):
         raise ConfigError(f"--collection {args.collection!r}: not 1-64 of A-Z a-z 0-9 _ -")
     if args.collection not in config.validation.collections:
         log.warning(

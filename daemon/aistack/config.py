@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import idna
 import regex
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,8 +29,10 @@ from pydantic import (
     model_validator,
 )
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-RATE_LIMIT = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+# Patterns are used with fullmatch: `$` would also match before a trailing newline.
+COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+RATE_LIMIT = re.compile(r"\s*(\d+)\s*/\s*(second|minute|hour|day)\s*")
+EMAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 RATE_WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 WHITESPACE_RUN = re.compile(r"\s+")
 # What renders as nothing would split a deny pattern ("<scr\u034fipt"): every
@@ -36,7 +40,6 @@ WHITESPACE_RUN = re.compile(r"\s+")
 # joiner, ...) and every format character (Cf). The `regex` module, because the standard
 # library's unicodedata does not know the property; it follows the current Unicode.
 INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
-HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 
@@ -184,7 +187,7 @@ class ValidationConfig(Section):
     @classmethod
     def _collections(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not COLLECTION_NAME.match(name):
+            if not COLLECTION_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not 1-64 characters of A-Z a-z 0-9 _ -")
         if len(set(value)) != len(value):
             raise ValueError("names a collection twice")
@@ -195,7 +198,7 @@ class ValidationConfig(Section):
     def _rate_limits(cls, value: list[str]) -> list[str]:
         units = []
         for spec in value:
-            match = RATE_LIMIT.match(spec)
+            match = RATE_LIMIT.fullmatch(spec)
             if not match or int(match.group(1)) < 1:
                 raise ValueError(f"{spec!r} is not N/second, N/minute, N/hour or N/day (N >= 1)")
             units.append(match.group(2))
@@ -228,7 +231,7 @@ class ValidationConfig(Section):
         """(name, quota, window seconds) for each configured limit, shortest window first."""
         windows = []
         for spec in self.rate_limits:
-            match = RATE_LIMIT.match(spec)
+            match = RATE_LIMIT.fullmatch(spec)
             assert match is not None  # checked by the validator
             unit = match.group(2)
             windows.append((unit, int(match.group(1)), RATE_WINDOW_SECONDS[unit]))
@@ -246,8 +249,49 @@ class GcConfig(Section):
     batch_size: int = Field(default=5000, ge=1, le=100000)
 
 
+def certificate_domain(name: str) -> str:
+    """`name` if it is a DNS name as a certificate holds it and the CA wants it: IDNA (UTS 46)
+    A-labels, lower case, no trailing dot, not an IP address. Else ValueError naming it and why.
+
+    Nothing is converted: the name is a directory name and the certificate's name, so a
+    look-alike (U+212A KELVIN SIGN folds to k) or a U-label is refused with its A-label form.
+    """
+    # ascii() shows newlines, zero-width and look-alike characters as escapes.
+    shown = ascii(name)
+    if name.startswith("*."):
+        # Only DNS-01 validates a wildcard; aistack has no DNS-01 challenge.
+        raise ValueError(
+            f"{shown} is a wildcard, and HTTP-01 (webroot, standalone) cannot validate wildcards:"
+            " name each host instead"
+        )
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"{shown} is an IP address, not a DNS name")
+    try:
+        a_labels = idna.encode(name.rstrip("."), uts46=True).decode("ascii")
+    except idna.IDNAError as error:
+        raise ValueError(f"{shown} is not a DNS name: {error}") from None
+    if a_labels.rpartition(".")[2].isdigit():
+        raise ValueError(f"{shown} is not a DNS name: its last label is all digits")
+    if a_labels != name:
+        if name.endswith("."):
+            why = "ends in a dot"
+        elif not name.isascii():
+            why = "holds non-ASCII characters"
+        else:  # UTS 46 changes no other ASCII character: it maps A-Z, refuses the rest.
+            why = "holds upper-case letters"
+        raise ValueError(
+            f"{shown} {why}; a certificate names lower-case IDNA A-labels: write {a_labels!r}"
+        )
+    return name
+
+
 class AcmeConfig(Section):
-    domains: list[str] = Field(default_factory=list)
+    # Checked one by one, so each bad name is its own error (acme.domains.N).
+    domains: list[Annotated[str, AfterValidator(certificate_domain)]] = Field(default_factory=list)
     email: str = ""
     # The CA's terms of service must be agreed to explicitly (NixOS: acceptTerms).
     accept_terms: bool = False
@@ -264,19 +308,10 @@ class AcmeConfig(Section):
     eab_kid: str = ""
     eab_hmac_key_file: str = ""
 
-    @field_validator("domains")
-    @classmethod
-    def _domains(cls, value: list[str]) -> list[str]:
-        for domain in value:
-            labels = domain.lower().removeprefix("*.").split(".")
-            if len(domain) > 253 or not all(HOSTNAME_LABEL.match(label) for label in labels):
-                raise ValueError(f"{domain!r} is not a DNS name")
-        return value
-
     @field_validator("email")
     @classmethod
     def _email(cls, value: str) -> str:
-        if value and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", value):
+        if value and not EMAIL_ADDRESS.fullmatch(value):
             raise ValueError(f"{value!r} is not an e-mail address")
         return value
 

@@ -61,6 +61,7 @@ buildPythonApplication {
       acme
       josepy
       cryptography
+      idna
       regex
     ]
     ++ lib.optionals localEmbedding [

@@ -15,6 +15,8 @@ from aistack.config import Config, ConfigError, load_config
 from aistack.errors import EXIT_OK, Failure
 
 SHOWN_IDS = 20
+# gc_runs.id is a bigint identity counting from 1: no other number names a run.
+LARGEST_RUN_ID = 2**63 - 1
 
 
 def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -47,7 +49,7 @@ def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser],
     config_argument(restore)
     which = restore.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--run", type=int, dest="run_id", metavar="ID", help="everything run ID removed"
+        "--run", type=parse_run_id, dest="run_id", metavar="ID", help="everything run ID removed"
     )
     which.add_argument(
         "--since",
@@ -69,6 +71,18 @@ def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser],
         "--metrics-file", type=Path, metavar="FILE", help="also write the Prometheus figures"
     )
     status.set_defaults(run=run_status_command)
+
+
+def parse_run_id(text: str) -> int:
+    """The id of `--run`, or a usage error (exit 2) for a number no run can have, decided
+    before PostgreSQL is asked: an id beyond bigint used to fail as if PostgreSQL were down."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= LARGEST_RUN_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run id (1 to {LARGEST_RUN_ID})")
+    return number
 
 
 def parse_time(text: str) -> datetime.datetime:
