@@ -13,6 +13,8 @@ import re
 import pytest
 from aiohttp import ClientSession
 
+from aistack.config import ConfigError
+from aistack.gateway.access import load_access
 from aistack.gateway.answers import REFUSAL_BODIES_KEPT, refusal_body
 from aistack.gateway.requests import Problem
 
@@ -577,3 +579,19 @@ async def test_an_unsupported_coding_is_415_with_accept_encoding(gateway, coding
     head, body = answer.split(b"\r\n\r\n", 1)
     assert b"\r\nAccept-Encoding: gzip, deflate\r\n" in head
     assert f"Content-Encoding {coding!r} is not supported" in json.loads(body)["detail"]
+
+
+@pytest.mark.parametrize("digest", ["ab" * 32 + "\n", "ab" * 31, "xy" * 32])
+def test_an_api_key_digest_must_be_64_hex_digits_and_nothing_else(tmp_path, digest):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": {"ci": {"sha256": digest, "collections": ["*"]}}}))
+    with pytest.raises(ConfigError, match=r"keys\.ci\.sha256: must be 64 hex digits"):
+        load_access(str(keys), frozenset({"nixos_docs"}))
+
+
+async def test_an_acme_token_ending_in_a_newline_is_not_looked_up(gateway, tmp_path):
+    challenges = tmp_path / "webroot" / ".well-known" / "acme-challenge"
+    challenges.mkdir(parents=True)
+    (challenges / "token\n").write_text("served only if the check let a newline through")
+    server = await gateway(gateway={"acme_webroot": str(tmp_path / "webroot")})
+    assert (await get(server, "/.well-known/acme-challenge/token%0A"))[0] == 404

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aistack.config import ConfigError
 
-HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` matches before a final newline
 ENDPOINTS = frozenset({"/vector/search", "/hybrid/learn", "/readyz", "/metrics", "/openapi.json"})
 
 
@@ -40,7 +40,7 @@ class KeyEntry(BaseModel):
     @classmethod
     def _digest(cls, value: str) -> str:
         value = value.lower()
-        if not HEX_DIGEST.match(value):
+        if not HEX_DIGEST.fullmatch(value):
             raise ValueError("must be 64 hex digits: the sha256 of the key")
         return value
 

@@ -32,7 +32,7 @@ from aistack.stores import postgres
 from aistack.stores.qdrant import QdrantUnavailable
 
 log = EventLog("gateway")
-ACME_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")  # fullmatch: `$` matches before a final newline
 UNMATCHED_PATHS = "/{path:.*}"
 READY_TIMEOUT_SECONDS = 3.0
 CLIENT_CLOSED_REQUEST = 499
@@ -214,7 +214,7 @@ async def acme_challenge(request: web.Request) -> web.Response:
     state = request.app[STATE]
     token = request.match_info["token"]
     webroot = state.config.gateway.acme_webroot
-    if not webroot or not ACME_TOKEN.match(token):
+    if not webroot or not ACME_TOKEN.fullmatch(token):
         raise web.HTTPNotFound()
     file = Path(webroot) / ".well-known" / "acme-challenge" / token
     try:
