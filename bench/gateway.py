@@ -785,7 +785,8 @@ def print_table(runs: list[Run], limiter_bytes: float, goal_list: list[Goal]) ->
 def serve_bare(port: int) -> int:
     from aiohttp import web
 
-    from aistack.gateway.server import RUNNER_OPTIONS, SHUTDOWN_GRACE_SECONDS
+    from aistack.gateway.connections import runner_options
+    from aistack.gateway.server import SHUTDOWN_GRACE_SECONDS
 
     async def answer(request: web.Request) -> web.Response:
         await request.read()
@@ -799,7 +800,10 @@ def serve_bare(port: int) -> int:
         app.router.add_post("/vector/search", answer)
         app.router.add_get("/healthz", healthz)
         runner = web.AppRunner(
-            app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **RUNNER_OPTIONS
+            app,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+            **runner_options(60.0),
         )
         await runner.setup()
         stop = asyncio.Event()

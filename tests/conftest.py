@@ -17,7 +17,7 @@ from aistack.config import Config, validate_config
 from aistack.embedding import Embedder, open_embedder
 from aistack.embedding.cache import CachedEmbedder
 from aistack.gateway.app import create_app
-from aistack.gateway.server import RUNNER_OPTIONS
+from aistack.gateway.connections import runner_options
 from aistack.ingest.jsonl import ingest, read_documents
 from aistack.stores.qdrant import VectorStore
 
@@ -83,7 +83,7 @@ async def gateway(
         )
         server = TestServer(app, host="127.0.0.1")
         # TestServer hands runner options to start_server, not to its constructor.
-        await server.start_server(**RUNNER_OPTIONS)
+        await server.start_server(**runner_options(config.gateway.idle_timeout_seconds))
         servers.append(server)
         return server
 

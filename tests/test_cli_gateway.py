@@ -276,6 +276,98 @@ def test_a_client_hanging_up_mid_body_is_counted_apart_and_not_an_error(tmp_path
     assert "Traceback" not in output and "<3>" not in output, output
 
 
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the gateway hangs up on `sock` (reading what it answers) within `within` s."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def test_silent_trickling_and_idle_connections_are_closed_after_the_idle_timeout(tmp_path):
+    port = free_port()
+    gateway = Gateway(write_config(tmp_path, port, idle_timeout_seconds=1), tmp_path)
+    try:
+        gateway.wait_ready()
+        silent = socket.create_connection(("127.0.0.1", port))
+        trickling = socket.create_connection(("127.0.0.1", port))
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaa":
+            try:
+                trickling.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break  # hung up on mid-header: what this test wants
+            time.sleep(0.25)
+        # aiohttp's default would hold each of these for an hour.
+        for sock in (silent, trickling, idle):
+            assert closed_by_server(sock, within=10)
+            sock.close()
+        assert search(port, "still serving")["has_more"] in (True, False)
+    finally:
+        gateway.stop()
+
+
+def test_one_address_cannot_hold_more_than_its_connections(tmp_path):
+    port = free_port()
+    gateway = Gateway(write_config(tmp_path, port, max_connections_per_client=3), tmp_path)
+    held: list[socket.socket] = []
+    try:
+        gateway.wait_ready()
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        one_too_many = socket.create_connection(("127.0.0.1", port))
+        held.append(one_too_many)
+        answer = b""
+        one_too_many.settimeout(10)
+        while chunk := one_too_many.recv(65536):
+            answer += chunk
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 5\r\n" in head
+        assert json.loads(body)["errors"][0]["type"] == "too_many_connections"
+        # Another address is not starved by this one (loopback answers all of 127/8).
+        other = socket.socket()
+        held.append(other)
+        other.bind(("127.0.0.2", 0))
+        other.connect(("127.0.0.1", port))
+        other.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        other.settimeout(10)
+        assert other.recv(65536).startswith(b"HTTP/1.1 200"), "another address was starved"
+        # Closing one frees its place.
+        held[0].close()
+        time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            metrics = response.read().decode()
+        assert "aistack_connections_refused_total 1.0" in metrics
+    finally:
+        for sock in held:
+            sock.close()
+        gateway.stop()
+    assert "<6>event=gateway.too_many_connections peer=127.0.0.1 limit=3" in gateway.output()
+
+
+def test_trusted_proxies_are_not_limited_by_address(tmp_path):
+    port = free_port()
+    config = write_config(
+        tmp_path, port, max_connections_per_client=2, trusted_proxies=["127.0.0.1/32"]
+    )
+    gateway = Gateway(config, tmp_path)
+    held: list[socket.socket] = []
+    try:
+        gateway.wait_ready()
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        assert search(port, "through the proxy")["limit"] == 3
+    finally:
+        for sock in held:
+            sock.close()
+        gateway.stop()
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

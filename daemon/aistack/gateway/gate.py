@@ -57,7 +57,7 @@ def gated(endpoint: str, admit: Admission, handler: Handler) -> Handler:
         if state.policy_header:
             response.headers["RateLimit-Policy"] = state.policy_header
         if request.body_exists and not request.content.is_eof():
-            # No keep-alive after a body we refused (see server.RUNNER_OPTIONS).
+            # No keep-alive after a body we refused (see connections.runner_options).
             response.force_close()
         return response
 

@@ -104,6 +104,7 @@ class GatewayMetrics(Collector):
             "dependency",
         )
         self.timings = RequestTimings()
+        self.connections_refused = 0
         registry.register(self)
         # Touched only by valid requests (which cost far more) and by scrapes.
         self.query_size = Histogram(
@@ -123,6 +124,12 @@ class GatewayMetrics(Collector):
         yield from self.timings.families()
         yield self.rate_limited.family()
         yield self.dependency_errors.family()
+        refused = CounterMetricFamily(
+            "aistack_connections_refused",
+            "Connections answered 503 because their address held max_connections_per_client",
+        )
+        refused.add_metric([], self.connections_refused)
+        yield refused
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.timings.observe(endpoint, status, seconds)
@@ -135,3 +142,6 @@ class GatewayMetrics(Collector):
 
     def dependency_down(self, dependency: str) -> None:
         self.dependency_errors.inc(dependency)
+
+    def connection_refused(self) -> None:
+        self.connections_refused += 1

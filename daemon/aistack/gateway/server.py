@@ -6,23 +6,28 @@ import asyncio
 import signal
 import ssl
 import time
-from typing import Any
 
 from aiohttp import web
 
 from aistack.config import Config, GatewayConfig, parse_listen_address
 from aistack.embedding import Embedder
 from aistack.gateway.app import create_app
+from aistack.gateway.connections import PeerCounts, PeerLimitedSite, runner_options
+from aistack.gateway.state import STATE
 from aistack.observability.logs import EventLog
 from aistack.observability.sdnotify import notify
 from aistack.stores.qdrant import VectorStore
 
 log = EventLog("gateway")
 SHUTDOWN_GRACE_SECONDS = 20.0
-# aiohttp reads and discards an unread body for up to `lingering_time` (10 s) to keep the
-# connection alive; for a body we refused (1 GB announced, or chunks past the limit)
-# that is wasted work, so the connection is closed right after the answer instead.
-RUNNER_OPTIONS: dict[str, Any] = {"lingering_time": 0, "access_log": None}
+
+
+def peer_counts(app: web.Application, config: Config) -> PeerCounts:
+    return PeerCounts(
+        config.gateway.max_connections_per_client,
+        config.gateway.trusted_networks(),
+        app[STATE].metrics.connection_refused,
+    )
 
 
 def tls_context(config: GatewayConfig) -> ssl.SSLContext:
@@ -67,16 +72,20 @@ async def serve(
     address cannot be bound."""
     app = create_app(config, embedder=embedder, store=store)
     runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **RUNNER_OPTIONS
+        app,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        **runner_options(config.gateway.idle_timeout_seconds),
     )
     await runner.setup()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     context = tls_context(config.gateway) if config.gateway.tls_cert_file else None
+    counts = peer_counts(app, config)
     try:
         for address in config.gateway.listen:
             host, port = parse_listen_address(address)
-            await web.TCPSite(runner, host, port, ssl_context=context).start()
+            await PeerLimitedSite(runner, counts, host=host, port=port, ssl_context=context).start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload, context, config.gateway)

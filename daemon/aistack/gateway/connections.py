@@ -1,0 +1,154 @@
+"""Connections before they are requests: how long one may sit idle, how many one address
+may hold.
+
+aiohttp closes a connection that has not completed a request within `keepalive_timeout`
+of connecting or of its last answer; that one timer bounds both a slow (or silent) header
+and an idle keep-alive, so `gateway.idle_timeout_seconds` sets it (aiohttp's default is
+an hour). aiohttp has no limit per client address, and neither has aiohttp-remotes, so a
+site of ours counts open connections by peer and answers the one past
+`gateway.max_connections_per_client` with a 503 before it is handed to aiohttp. Peers in
+`trusted_proxies` are not limited: behind nginx every client is 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from aistack.observability.logs import EventLog
+
+log = EventLog("gateway")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+RETRY_AFTER_SECONDS = 5
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+BODY = (
+    b'{"detail":"too many open connections from this address; close some and retry",'
+    b'"errors":[{"loc":"client","type":"too_many_connections","msg":"max_connections_per_client"}]}'
+)
+REFUSAL = TOO_MANY_CONNECTIONS % (RETRY_AFTER_SECONDS, len(BODY), BODY)
+
+
+class PeerCounts:
+    """Open connections per peer address, and the refusal of one too many."""
+
+    def __init__(
+        self, limit: int, exempt: Sequence[Network], on_refused: Callable[[], None]
+    ) -> None:
+        self.limit = limit
+        self.exempt = tuple(exempt)
+        self.on_refused = on_refused
+        self.open: dict[str, int] = {}
+
+    def admit(self, peer: str) -> bool:
+        if self.is_exempt(peer):
+            return True
+        count = self.open.get(peer, 0)
+        if count >= self.limit:
+            return False
+        self.open[peer] = count + 1
+        return True
+
+    def release(self, peer: str) -> None:
+        count = self.open.get(peer, 0)
+        if count <= 1:
+            self.open.pop(peer, None)
+        else:
+            self.open[peer] = count - 1
+
+    def is_exempt(self, peer: str) -> bool:
+        if not self.exempt:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.exempt)
+
+
+class CountedConnection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind a count of its peer's connections."""
+
+    def __init__(self, counts: PeerCounts, handler: asyncio.Protocol) -> None:
+        self.counts = counts
+        self.handler = handler
+        self.peer: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peername = transport.get_extra_info("peername")
+        peer = str(peername[0]) if isinstance(peername, tuple) else ""
+        if not self.counts.admit(peer):
+            self.counts.on_refused()
+            log.info("gateway.too_many_connections", peer=peer, limit=self.counts.limit)
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(REFUSAL)
+            transport.close()
+            return
+        self.peer = peer
+        self.handler.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is None:
+            return
+        self.counts.release(self.peer)
+        self.handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None:
+            self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received() if self.peer is not None else None
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.handler.resume_writing()
+
+
+class PeerLimitedSite(web.TCPSite):
+    """aiohttp's TCPSite, each connection counted against its peer's limit."""
+
+    def __init__(self, runner: web.BaseRunner, counts: PeerCounts, **kwargs: Any) -> None:
+        super().__init__(runner, **kwargs)
+        self.counts = counts
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site; TCPSite.start would bind
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: CountedConnection(self.counts, server()),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        if self._server.sockets:
+            self._bound_port = self._server.sockets[0].getsockname()[1]
+        else:
+            self._bound_port = self._port
+
+
+def runner_options(idle_timeout_seconds: float) -> dict[str, Any]:
+    """aiohttp runner options. aiohttp reads and discards an unread body for up to
+    `lingering_time` (10 s) to keep the connection alive; for a body we refused (1 GB
+    announced, or chunks past the limit) that is wasted work, so the connection is closed
+    right after the answer instead. No access log: the gateway logs its own events."""
+    return {
+        "lingering_time": 0,
+        "access_log": None,
+        "keepalive_timeout": idle_timeout_seconds,
+    }
