@@ -99,6 +99,24 @@ async def collect_garbage(config: Config, store: VectorStore, embedder: Embedder
             log.exception("demo.gc_failed")
 
 
+async def start_postgres(postgres: PrivatePostgres) -> None:
+    """Start the server in a thread, and finish starting it even when Ctrl-C comes first.
+
+    A thread cannot be interrupted: a Ctrl-C that only cancelled the wait would stop the
+    server and remove its directory while initdb still writes there or pg_ctl starts it,
+    leaving the directory (or a server) behind. So the start runs to its end, and the
+    caller's clean-up then stops what it started.
+    """
+    starting = asyncio.ensure_future(asyncio.to_thread(postgres.start))
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await asyncio.wait([starting])
+        if not starting.cancelled():
+            starting.exception()  # retrieved: a failed start matters no more once stopping
+        raise
+
+
 async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
     directory = keep_dir or Path(tempfile.mkdtemp(prefix="aistack-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -109,7 +127,7 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
     try:
         print(f"aistack demo: starting PostgreSQL in {directory / 'postgres'}", file=sys.stderr)
         try:
-            await asyncio.to_thread(postgres.start)
+            await start_postgres(postgres)
         except (PostgresNotFound, PostgresStartError) as error:
             raise DemoError(str(error)) from None
         config = demo_config(directory, listen, postgres.dsn)
