@@ -421,3 +421,35 @@ def test_demo_ctrl_c_while_postgresql_starts_leaves_nothing_behind(tmp_path, lan
     printed = log.read_text()
     assert "Traceback" not in printed, printed
     assert_demo_left_nothing(printed)
+
+
+def test_demo_with_its_port_taken_exits_before_starting_anything(tmp_path):
+    """The listen address is tried first: no PostgreSQL, no model, no curl lines for an
+    address that cannot be served."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        demo, log = start_demo(tmp_path, f"127.0.0.1:{port}")
+        try:
+            status = demo.wait(60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+        seconds = time.monotonic() - started
+    printed = log.read_text()
+    assert status == 1, printed
+    assert f"aistack: demo: cannot listen on 127.0.0.1:{port}: Address already in use" in printed
+    assert "--listen" in printed  # what to do
+    assert "starting PostgreSQL" not in printed and "curl" not in printed, printed
+    assert "Traceback" not in printed, printed
+    assert seconds < 15, f"{seconds:.1f} s"
+
+
+def test_demo_with_a_malformed_listen_address_is_bad_usage(tmp_path):
+    demo, log = start_demo(tmp_path, "localhost")
+    assert demo.wait(60) == 2
+    printed = log.read_text()
+    assert "--listen 'localhost'" in printed and "host:port" in printed, printed
+    assert "starting PostgreSQL" not in printed, printed

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
-from aistack.config import Config, validate_config
+from aistack.config import Config, ConfigError, parse_listen_address, validate_config
 from aistack.embedding import Embedder, open_embedder
 from aistack.gateway.server import serve
 from aistack.gc.job import GcBusy, run_gc
@@ -99,6 +100,32 @@ async def collect_garbage(config: Config, store: VectorStore, embedder: Embedder
             log.exception("demo.gc_failed")
 
 
+def check_listen_address(listen: str) -> None:
+    """Bind `listen` and let it go again, before anything starts: a busy or foreign address
+    is found in a moment, not after PostgreSQL, the model and the corpus (and the curl
+    lines for an address nobody serves). Bound as aiohttp binds it (SO_REUSEADDR, every
+    address the host resolves to), so what passes here is what the gateway can take."""
+    try:
+        host, port = parse_listen_address(listen)
+    except ValueError as error:
+        raise ConfigError(f"--listen {listen!r}: {error}") from None
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, protocol, _, address in addresses:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as error:
+        raise DemoError(cannot_listen(listen, error)) from None
+
+
+def cannot_listen(listen: str, error: OSError) -> str:
+    return (
+        f"demo: cannot listen on {listen}: {error.strerror or error} "
+        "(is another demo running? try --listen 127.0.0.1:8081)"
+    )
+
+
 async def start_postgres(postgres: PrivatePostgres) -> None:
     """Start the server in a thread, and finish starting it even when Ctrl-C comes first.
 
@@ -118,6 +145,7 @@ async def start_postgres(postgres: PrivatePostgres) -> None:
 
 
 async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
+    check_listen_address(listen)
     directory = keep_dir or Path(tempfile.mkdtemp(prefix="aistack-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     if keep_dir is None:
@@ -148,11 +176,8 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
             collector = asyncio.create_task(collect_garbage(config, store, embedder))
             try:
                 await serve(config, embedder=embedder, store=store)
-            except OSError as error:
-                raise DemoError(
-                    f"cannot listen on {listen}: {error.strerror or error} "
-                    "(is another demo running? try --listen 127.0.0.1:8081)"
-                ) from None
+            except OSError as error:  # taken since check_listen_address
+                raise DemoError(cannot_listen(listen, error)) from None
             finally:
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
