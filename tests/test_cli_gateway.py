@@ -14,8 +14,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -448,24 +450,50 @@ def test_finding_the_embedded_server_warns_of_nothing_without_xdg_runtime_dir():
     assert found.stdout.strip().endswith("/bin")
 
 
-def test_demo_serves_then_ctrl_c_leaves_nothing_behind(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "demo.log", "w+")  # noqa: SIM115
+def start_demo(tmp_path: Path, listen: str) -> tuple[subprocess.Popen, Path]:
+    """`aistack demo` in its own process, its output in a file: (process, that file)."""
+    log = tmp_path / "demo.log"
     # As root, over ssh or in a container: XDG_RUNTIME_DIR unset, warnings shown.
     environment = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    demo = subprocess.Popen(
-        [sys.executable, "-W", "default", "-m", "aistack", "demo", "--listen", f"127.0.0.1:{port}"],
-        stderr=log,
-        stdout=log,
-        env=environment,
-    )
+    with open(log, "w") as output:
+        demo = subprocess.Popen(
+            [sys.executable, "-W", "default", "-m", "aistack", "demo", "--listen", listen],
+            stderr=output,
+            stdout=output,
+            env=environment,
+        )
+    return demo, log
+
+
+def wait_for(
+    demo: subprocess.Popen, log: Path, reached: Callable[[], bool], what: str, seconds: float
+) -> None:
+    """Poll until `reached()`; fail with the demo's output if it exits or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while not reached():
+        assert demo.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"demo: {what} not within {seconds} s"
+        time.sleep(0.01)
+
+
+def demo_postgres_directory(printed: str) -> Path:
+    return Path(printed.split("starting PostgreSQL in ", 1)[1].split()[0])
+
+
+def assert_demo_left_nothing(printed: str) -> None:
+    """The directory the demo said it started PostgreSQL in is gone, and nothing runs there."""
+    directory = demo_postgres_directory(printed)
+    assert not directory.parent.exists(), sorted(directory.parent.rglob("*"))
+    leftovers = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True)
+    assert leftovers.stdout == "", f"still running: {leftovers.stdout}"
+
+
+def test_demo_serves_then_ctrl_c_leaves_nothing_behind(tmp_path):
+    port = free_port()
+    demo, log = start_demo(tmp_path, f"127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 240
-        while "gateway.started" not in Path(log.name).read_text():
-            assert demo.poll() is None, Path(log.name).read_text()
-            assert time.monotonic() < deadline, "demo did not start in 240 s"
-            time.sleep(0.5)
-        printed = Path(log.name).read_text()
+        wait_for(demo, log, lambda: "gateway.started" in log.read_text(), "gateway", 240)
+        printed = log.read_text()
         assert f"curl -s http://127.0.0.1:{port}/vector/search" in printed
         answer = search(port, "install")
         assert answer["total"] == 231 and answer["results"]
@@ -481,11 +509,66 @@ def test_demo_serves_then_ctrl_c_leaves_nothing_behind(tmp_path):
     finally:
         if demo.poll() is None:
             demo.kill()
-        log.close()
-    printed = Path(log.name).read_text()
+    printed = log.read_text()
     assert "aistack demo: stopped" in printed
     assert "Warning" not in printed, printed
-    directory = printed.split("starting PostgreSQL in ", 1)[1].split()[0]
-    assert not Path(directory).exists()
-    leftovers = subprocess.run(["pgrep", "-f", directory], capture_output=True, text=True)
-    assert leftovers.stdout == "", f"still running: {leftovers.stdout}"
+    assert_demo_left_nothing(printed)
+
+
+@pytest.mark.parametrize("landmark", ["data", "server.log"], ids=["initdb", "pg_ctl"])
+def test_demo_ctrl_c_while_postgresql_starts_leaves_nothing_behind(tmp_path, landmark):
+    """Ctrl-C lands while initdb writes the data directory, or while pg_ctl starts the
+    server (its log file has just appeared): the demo must not remove the directory under a
+    start still in progress, nor leave a server that came up after it had stopped."""
+    demo, log = start_demo(tmp_path, f"127.0.0.1:{free_port()}")
+    try:
+        wait_for(demo, log, lambda: "starting PostgreSQL in " in log.read_text(), "start", 120)
+        directory = demo_postgres_directory(log.read_text())
+        wait_for(demo, log, (directory / landmark).exists, landmark, 120)
+        demo.send_signal(signal.SIGINT)
+        # "stopped" must be true when it is said, not only once the process has exited (not
+        # wait_for: the demo may rightly exit before this loop reads the line).
+        stopped = time.monotonic() + 120
+        while "aistack demo: stopped" not in log.read_text():
+            assert time.monotonic() < stopped, "demo did not stop in 120 s"
+            time.sleep(0.005)
+        assert_demo_left_nothing(log.read_text())
+        assert demo.wait(60) == 1
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    printed = log.read_text()
+    assert "Traceback" not in printed, printed
+    assert_demo_left_nothing(printed)
+
+
+def test_demo_with_its_port_taken_exits_before_starting_anything(tmp_path):
+    """The listen address is tried first: no PostgreSQL, no model, no curl lines for an
+    address that cannot be served."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        demo, log = start_demo(tmp_path, f"127.0.0.1:{port}")
+        try:
+            status = demo.wait(60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+        seconds = time.monotonic() - started
+    printed = log.read_text()
+    assert status == 1, printed
+    assert f"aistack: demo: cannot listen on 127.0.0.1:{port}: Address already in use" in printed
+    assert "--listen" in printed  # what to do
+    assert "starting PostgreSQL" not in printed and "curl" not in printed, printed
+    assert "Traceback" not in printed, printed
+    assert seconds < 15, f"{seconds:.1f} s"
+
+
+def test_demo_with_a_malformed_listen_address_is_bad_usage(tmp_path):
+    demo, log = start_demo(tmp_path, "localhost")
+    assert demo.wait(60) == 2
+    printed = log.read_text()
+    assert "--listen 'localhost'" in printed and "host:port" in printed, printed
+    assert "starting PostgreSQL" not in printed, printed

@@ -286,3 +286,16 @@ def test_config_check_refuses_a_bad_domain(tmp_path, domain, message):
     assert result.returncode == 2, result.stderr
     assert f"{path}: acme.domains.0: " in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_json_value_and_key_errors_name_the_key_and_line(tmp_path):
+    """What the README promises of `aistack config check` on the JSON form the NixOS
+    module writes: a bad value and an unknown key each name the key path and the line."""
+    text = (
+        '{\n "qdrant": {"path": "/x"},\n "gateway": {\n'
+        '  "max_body_bytes": "big",\n  "bogus": 1\n }\n}\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "a.json", text))
+    assert "a.json:4: gateway.max_body_bytes: Input should be a valid integer" in str(caught.value)
+    assert "a.json:5: unknown key 'gateway.bogus'" in str(caught.value)

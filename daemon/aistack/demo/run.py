@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
-from aistack.config import Config, validate_config
+from aistack.config import Config, ConfigError, parse_listen_address, validate_config
 from aistack.embedding import Embedder, open_embedder
 from aistack.gateway.server import serve
 from aistack.gc.job import GcBusy, run_gc
@@ -99,7 +100,52 @@ async def collect_garbage(config: Config, store: VectorStore, embedder: Embedder
             log.exception("demo.gc_failed")
 
 
+def check_listen_address(listen: str) -> None:
+    """Bind `listen` and let it go again, before anything starts: a busy or foreign address
+    is found in a moment, not after PostgreSQL, the model and the corpus (and the curl
+    lines for an address nobody serves). Bound as aiohttp binds it (SO_REUSEADDR, every
+    address the host resolves to), so what passes here is what the gateway can take."""
+    try:
+        host, port = parse_listen_address(listen)
+    except ValueError as error:
+        raise ConfigError(f"--listen {listen!r}: {error}") from None
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, protocol, _, address in addresses:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as error:
+        raise DemoError(cannot_listen(listen, error)) from None
+
+
+def cannot_listen(listen: str, error: OSError) -> str:
+    return (
+        f"demo: cannot listen on {listen}: {error.strerror or error} "
+        "(is another demo running? try --listen 127.0.0.1:8081)"
+    )
+
+
+async def start_postgres(postgres: PrivatePostgres) -> None:
+    """Start the server in a thread, and finish starting it even when Ctrl-C comes first.
+
+    A thread cannot be interrupted: a Ctrl-C that only cancelled the wait would stop the
+    server and remove its directory while initdb still writes there or pg_ctl starts it,
+    leaving the directory (or a server) behind. So the start runs to its end, and the
+    caller's clean-up then stops what it started.
+    """
+    starting = asyncio.ensure_future(asyncio.to_thread(postgres.start))
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await asyncio.wait([starting])
+        if not starting.cancelled():
+            starting.exception()  # retrieved: a failed start matters no more once stopping
+        raise
+
+
 async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
+    check_listen_address(listen)
     directory = keep_dir or Path(tempfile.mkdtemp(prefix="aistack-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     if keep_dir is None:
@@ -109,7 +155,7 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
     try:
         print(f"aistack demo: starting PostgreSQL in {directory / 'postgres'}", file=sys.stderr)
         try:
-            await asyncio.to_thread(postgres.start)
+            await start_postgres(postgres)
         except (PostgresNotFound, PostgresStartError) as error:
             raise DemoError(str(error)) from None
         config = demo_config(directory, listen, postgres.dsn)
@@ -130,11 +176,8 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
             collector = asyncio.create_task(collect_garbage(config, store, embedder))
             try:
                 await serve(config, embedder=embedder, store=store)
-            except OSError as error:
-                raise DemoError(
-                    f"cannot listen on {listen}: {error.strerror or error} "
-                    "(is another demo running? try --listen 127.0.0.1:8081)"
-                ) from None
+            except OSError as error:  # taken since check_listen_address
+                raise DemoError(cannot_listen(listen, error)) from None
             finally:
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

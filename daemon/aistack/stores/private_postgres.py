@@ -17,10 +17,13 @@ import pwd
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 START_TIMEOUT_SECONDS = 60
+# How long a server pg_ctl gave up waiting for may take to write its pid file.
+PID_FILE_WAIT_SECONDS = 10
 DATABASE = "aistack"
 
 
@@ -111,6 +114,7 @@ def free_port() -> int:
 class PrivatePostgres:
     directory: Path
     port: int = 0
+    start_timeout_seconds: int = START_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
         self._run_as = server_user()
@@ -184,9 +188,12 @@ class PrivatePostgres:
         )
         result = self._run(
             "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-o", options,
-            "-w", "-t", str(START_TIMEOUT_SECONDS), "start",
+            "-w", "-t", str(self.start_timeout_seconds), "start",
         )  # fmt: skip
         if result.returncode != 0:
+            if "did not start in time" in result.stdout + result.stderr:
+                # pg_ctl stopped waiting, not the server: stop it, or it outlives the failure.
+                self._stop_unfinished_start()
             raise PostgresStartError(
                 f"PostgreSQL did not start: {result.stderr.strip()}\n{self._tail_of_log()}"
             )
@@ -202,6 +209,13 @@ class PrivatePostgres:
             if result.returncode != 0:
                 self.stop()
                 raise PostgresStartError(f"createdb failed: {result.stderr.strip()}")
+
+    def _stop_unfinished_start(self) -> None:
+        pid_file = self.data_dir / "postmaster.pid"
+        deadline = time.monotonic() + PID_FILE_WAIT_SECONDS
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.stop(mode="immediate")
 
     def stop(self, mode: str = "fast") -> None:
         if self._bindir is None or not (self.data_dir / "postmaster.pid").exists():
