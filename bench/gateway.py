@@ -478,6 +478,9 @@ def write_config(
         # A closed port: the gateway starts without PostgreSQL (search does not need it).
         "postgres": {"dsn": f"postgresql://bench@127.0.0.1:{postgres_port}/aistack"},
         "validation": {"collections": [COLLECTION], "rate_limits": rate_limits},
+        # (d) measures how fast searches are answered, so wrk's 50 connections all queue
+        # for the embedder; the default bound (32 waiting, 5 s) would answer some 503.
+        "embedding": {"max_queue_depth": 64, "max_queue_wait_seconds": 30},
     }
     path.write_text(json.dumps(config, indent=2))
     return path

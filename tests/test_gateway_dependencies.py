@@ -3,6 +3,8 @@ and the gateway recovers by itself when the dependency is back."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from qdrant_client import QdrantClient
@@ -145,3 +147,56 @@ async def test_qdrant_down_gives_503(gateway):
         assert 'status="500"' not in text
     finally:
         await store.close()
+
+
+def long_queries(count: int, words: int = 1500) -> list[dict[str, object]]:
+    # Distinct (no query cache hit), each near max_query_chars: the costliest a client
+    # may send within its quota.
+    return [
+        {
+            **SEARCH,
+            "query": f"query {n} " + " ".join(f"firewall{n}x{i}" for i in range(words))[:9000],
+        }
+        for n in range(count)
+    ]
+
+
+async def search_all(server, bodies) -> list[tuple[int, dict, dict]]:
+    async with ClientSession() as session:
+
+        async def one(body):
+            async with session.post(server.make_url("/vector/search"), json=body) as response:
+                return response.status, await response.json(), dict(response.headers)
+
+        return await asyncio.gather(*(one(body) for body in bodies))
+
+
+async def test_past_the_queue_depth_a_search_is_503_with_retry_after(gateway):
+    server = await gateway(
+        embedding={"max_queue_depth": 2}, validation={"rate_limits": ["1000/minute"]}
+    )
+    answers = await search_all(server, long_queries(12))
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) == {200, 503}, statuses
+    assert statuses.count(200) >= 2 and statuses.count(503) >= 6, statuses
+    for status, body, headers in answers:
+        if status == 503:
+            assert headers["Retry-After"] == "1"
+            assert body["errors"][0]["type"] == "busy"
+            assert body["detail"].startswith("the embedder is busy (")
+    # Nothing is left stuck: the next search is served.
+    assert (await search(server))[0] == 200
+    async with ClientSession() as session:
+        async with session.get(server.make_url("/metrics")) as response:
+            metrics = await response.text()
+    assert 'aistack_dependency_unavailable_total{dependency="embedder_queue"}' in metrics
+
+
+async def test_past_the_queue_wait_a_search_is_503_instead_of_waiting(gateway):
+    server = await gateway(
+        embedding={"max_queue_wait_seconds": 0.3}, validation={"rate_limits": ["1000/minute"]}
+    )
+    answers = await search_all(server, long_queries(12))
+    busy = [body for status, body, _ in answers if status == 503]
+    assert busy and all("no embedding within 0.3 s" in body["detail"] for body in busy)
+    assert (await search(server))[0] == 200

@@ -140,6 +140,10 @@ class EmbeddingConfig(Section):
     url: str = ""
     api_key_file: str = ""
     dimension: int = Field(default=384, ge=1, le=65536)
+    # Queries waiting for the embedder at most, and how long one may wait: past either,
+    # the gateway answers 503 with Retry-After rather than queueing without end.
+    max_queue_depth: int = Field(default=32, ge=1, le=100_000)
+    max_queue_wait_seconds: float = Field(default=5.0, gt=0, le=600)
 
     @model_validator(mode="after")
     def _backend_needs(self) -> EmbeddingConfig:

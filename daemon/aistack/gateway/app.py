@@ -18,6 +18,7 @@ from aistack.gateway import handlers, learn
 from aistack.gateway.access import load_access
 from aistack.gateway.bodies import defer_continue
 from aistack.gateway.clientkey import ClientKeys
+from aistack.gateway.embedqueue import EmbeddingQueue
 from aistack.gateway.gate import (
     UNMATCHED,
     admit_api_call,
@@ -68,6 +69,9 @@ def create_app(
             else None
         ),
         openapi=build_openapi(search_request_model(validation)),
+        embedding_queue=EmbeddingQueue(
+            config.embedding.max_queue_depth, config.embedding.max_queue_wait_seconds
+        ),
         embedder=embedder,
         store=store,
     )

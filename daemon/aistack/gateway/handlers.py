@@ -24,6 +24,7 @@ from aistack.gateway.bodies import (
     buffered_body,
     read_body,
 )
+from aistack.gateway.embedqueue import EmbedderBusy
 from aistack.gateway.gate import too_large
 from aistack.gateway.requests import ContentRules, Problem
 from aistack.gateway.state import STATE, GatewayState
@@ -36,6 +37,7 @@ ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")  # fullmatch: `$` matches befor
 UNMATCHED_PATHS = "/{path:.*}"
 READY_TIMEOUT_SECONDS = 3.0
 CLIENT_CLOSED_REQUEST = 499
+RETRY_AFTER_BUSY = 1
 
 
 async def body_or_answer(state: GatewayState, request: web.Request) -> bytes | web.Response:
@@ -85,10 +87,9 @@ async def search(request: web.Request) -> web.Response:
     state.metrics.query_size.observe(len(query.query.encode()))
 
     assert state.embedder is not None and state.store is not None and state.totals is not None
-    try:
-        vector = await state.embedder.embed_query(query.query)
-    except EmbedderUnavailable as error:
-        return dependency_down(state, "embedder", error)
+    vector = await embedded(state, query.query)
+    if isinstance(vector, web.Response):
+        return vector
     try:
         # One more than asked for: `has_more` is then exact at the last page, whatever
         # the cached total says.
@@ -140,6 +141,24 @@ def page_total(cached: int, offset: int, returned: int, has_more: bool) -> int:
     if returned:
         return offset + returned
     return min(cached, offset)
+
+
+async def embedded(state: GatewayState, text: str) -> list[float] | web.Response:
+    """The query's vector, or the 503 to answer when the embedder is down or busy."""
+    assert state.embedder is not None
+    try:
+        return await state.embedding_queue.embed_query(state.embedder, text)
+    except EmbedderUnavailable as error:
+        return dependency_down(state, "embedder", error)
+    except EmbedderBusy as error:
+        state.metrics.dependency_down("embedder_queue")
+        log.info("gateway.embedder_busy", error=str(error))
+        return error_answer(
+            503,
+            f"the embedder is busy ({error}); retry later",
+            [{"loc": "embedder", "type": "busy", "msg": "max_queue_depth, max_queue_wait_seconds"}],
+            {"Retry-After": str(RETRY_AFTER_BUSY)},
+        )
 
 
 def dependency_down(state: GatewayState, name: str, error: Exception) -> web.Response:

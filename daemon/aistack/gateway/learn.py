@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
-from aistack.embedding import EmbedderUnavailable
 from aistack.gateway.answers import json_answer, problems_answer
-from aistack.gateway.handlers import body_or_answer, dependency_down, screen
+from aistack.gateway.handlers import body_or_answer, dependency_down, embedded, screen
 from aistack.gateway.requests import LearnRequest, RequestRejected, parse_request
 from aistack.gateway.state import STATE, GatewayState
 from aistack.stores import postgres
@@ -56,10 +55,9 @@ async def learn(request: web.Request) -> web.Response:
     assert state.embedder is not None and state.store is not None
     if state.pool is None:
         return dependency_down(state, "postgres", RuntimeError("no pool"))
-    try:
-        vector = await state.embedder.embed_query(item.query)
-    except EmbedderUnavailable as error:
-        return dependency_down(state, "embedder", error)
+    vector = await embedded(state, item.query)
+    if isinstance(vector, web.Response):
+        return vector
     try:
         if not state.learn_collection_ready:
             await state.store.ensure_collection(COLLECTION, state.embedder.dimension)

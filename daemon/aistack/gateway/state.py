@@ -14,6 +14,7 @@ from aistack.config import Config
 from aistack.embedding import Embedder
 from aistack.gateway.access import AccessControl
 from aistack.gateway.clientkey import ClientKeys
+from aistack.gateway.embedqueue import EmbeddingQueue
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.ratelimit import RateLimiter
 from aistack.gateway.requests import ContentRules, SearchParser
@@ -61,6 +62,7 @@ class GatewayState:
     client_keys: ClientKeys
     access: AccessControl | None
     openapi: dict[str, Any]
+    embedding_queue: EmbeddingQueue
     embedder: Embedder | None = None
     store: VectorStore | None = None
     pool: asyncpg.Pool | None = None
