@@ -370,6 +370,60 @@ def test_trusted_proxies_are_not_limited_by_address(tmp_path):
         gateway.stop()
 
 
+def exchange(port: int, raw: bytes) -> tuple[bytes, bytes]:
+    """Send raw bytes, read the answer until the gateway closes; (head, body)."""
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.settimeout(10)
+        client.sendall(raw)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
+        (
+            b"POST /vector/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 200-ok\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            417,
+        ),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nConnection: close\r\n\r\n", 417),
+        (b"GET /x<script>alert(1)</script> HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header<script>: y\r\n\r\n", 400),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03<script>\r\n\r\n", 400),
+        (
+            b"POST /vector/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+            415,
+        ),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
+    ],
+)
+def test_every_answer_is_the_gateways_json_counted_and_logged_at_info(tmp_path, raw, status):
+    port = free_port()
+    gateway = Gateway(write_config(tmp_path, port), tmp_path)
+    try:
+        gateway.wait_ready()
+        head, body = exchange(port, raw)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+            metrics = response.read().decode()
+    finally:
+        gateway.stop()
+    assert head.split(b" ", 2)[1] == str(status).encode(), head
+    assert b"\r\nContent-Type: application/json\r\n" in head
+    assert b"\r\nRateLimit-Policy: " in head
+    answer = json.loads(body)
+    assert set(answer) == {"detail", "errors"}
+    assert b"<script>" not in body  # the raw request is never echoed
+    assert f'status="{status}"}} 1.0' in metrics
+    output = gateway.output()
+    assert "Traceback" not in output and "<3>" not in output, output
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -534,6 +534,8 @@ def test_sigterm_lets_in_flight_searches_finish_then_exits_0(
                 "gateway": {"listen": [f"127.0.0.1:{port}"]},
                 "qdrant": {"path": str(tmp_path / "qdrant")},
                 "postgres": {"dsn": "postgresql://postgres@127.0.0.1:9/aistack"},
+                # All 48 searches queue for the embedder: this test is about draining.
+                "embedding": {"max_queue_depth": 64, "max_queue_wait_seconds": 60},
             }
         )
     )

@@ -95,11 +95,25 @@ def add_routes(router: web.UrlDispatcher) -> None:
         ("/metrics", admit_operational, handlers.metrics),
         ("/.well-known/acme-challenge/{token}", admit_open, handlers.acme_challenge),
     ):
-        router.add_get(path, gated(path, admit, handler))
-    # Last: what no route above serves. Its handler answers 404, or 405 with Allow.
-    router.add_route(
-        "*", handlers.UNMATCHED_PATHS, gated(UNMATCHED, admit_operational, handlers.unmatched)
+        router.add_get(path, gated(path, admit, handler), expect_handler=defer_continue)
+    # Last: what no route above serves, whatever its request target ("OPTIONS *" and
+    # CONNECT's host:port included). Its handler answers 404, or 405 with Allow.
+    unmatched = AnyTargetResource(handlers.UNMATCHED_PATHS)
+    router.register_resource(unmatched)
+    unmatched.add_route(
+        "*",
+        gated(UNMATCHED, admit_operational, handlers.unmatched),
+        expect_handler=defer_continue,
     )
+
+
+class AnyTargetResource(web.DynamicResource):
+    """A resource matching every request target. aiohttp's patterns only ever see
+    origin-form paths ("/..."): "*" or "host:port" would get aiohttp's own text/plain 404,
+    uncounted and without our fields. Indexed under "/", which every lookup reaches last."""
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {"path": path}
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

@@ -1,5 +1,5 @@
 """Connections before they are requests: how long one may sit idle, how many one address
-may hold.
+may hold, and the answer to what is not a request at all.
 
 aiohttp closes a connection that has not completed a request within `keepalive_timeout`
 of connecting or of its last answer; that one timer bounds both a slow (or silent) header
@@ -8,6 +8,12 @@ an hour). aiohttp has no limit per client address, and neither has aiohttp-remot
 site of ours counts open connections by peer and answers the one past
 `gateway.max_connections_per_client` with a 503 before it is handed to aiohttp. Peers in
 `trusted_proxies` are not limited: behind nginx every client is 127.0.0.1.
+
+What aiohttp's parser refuses (a broken request line or header, TLS on the plain port, a
+coding it cannot decode) it answers in text/plain that quotes the raw request bytes, and
+logs with a traceback at ERROR. `GatewayRequestHandler` answers those in the gateway's
+JSON shape with its RateLimit-Policy field, counts them (endpoint "malformed"), and logs
+one line at info: a client's malformed request is not our error.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
 
+from aistack.gateway.answers import error_answer
+from aistack.gateway.state import GatewayState
 from aistack.observability.logs import EventLog
 
 log = EventLog("gateway")
@@ -115,20 +124,90 @@ class CountedConnection(asyncio.Protocol):
             self.handler.resume_writing()
 
 
-class PeerLimitedSite(web.TCPSite):
-    """aiohttp's TCPSite, each connection counted against its peer's limit."""
+MALFORMED = "malformed"  # the endpoint label of what aiohttp's parser refused
+# What each parser error is, in words of our own: aiohttp's messages quote the raw bytes.
+PARSER_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
+    (http_exceptions.LineTooLong, 431, "a request line or header is too long"),
+    (http_exceptions.InvalidHeader, 400, "a header is malformed"),
+    (http_exceptions.BadStatusLine, 400, "the request line is malformed"),
+    (http_exceptions.BadHttpMethod, 400, "the method is malformed (TLS on a plain port?)"),
+    (http_exceptions.ContentEncodingError, 415, "Content-Encoding must be gzip or deflate"),
+    (http_exceptions.TransferEncodingError, 400, "the chunked body is malformed"),
+    (http_exceptions.ContentLengthError, 400, "the body is shorter than its Content-Length"),
+    (http_exceptions.BadHttpMessage, 400, "the request is malformed"),
+)
 
-    def __init__(self, runner: web.BaseRunner, counts: PeerCounts, **kwargs: Any) -> None:
+
+def parser_error(exc: BaseException | None, status: int) -> tuple[int, str]:
+    for kind, answer_status, words in PARSER_ERRORS:
+        if isinstance(exc, kind):
+            return answer_status, words
+    return status, "the request is malformed"
+
+
+class GatewayRequestHandler(RequestHandler):
+    """aiohttp's protocol for one connection, with the gateway's answer to errors."""
+
+    def __init__(self, manager: web.Server, state: GatewayState, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.state = state
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # Part of an answer is out already: nothing can follow it (as aiohttp does).
+            raise ConnectionError("an answer was already being sent")
+        if status >= 500:
+            log.error("gateway.unhandled", status=status, error=repr(exc))
+            status, words = status, "internal error; see the gateway's journal"
+        else:
+            status, words = parser_error(exc, status)
+            log.info("gateway.malformed_request", status=status, error=type(exc).__name__)
+        headers = {"Accept-Encoding": "gzip, deflate"} if status == 415 else None
+        response = error_answer(
+            status, words, [{"loc": "request", "type": "malformed", "msg": words}], headers
+        )
+        if self.state.policy_header:
+            response.headers["RateLimit-Policy"] = self.state.policy_header
+        self.state.metrics.observe_request(MALFORMED, status, 0.0)
+        response.force_close()
+        return response
+
+
+class PeerLimitedSite(web.TCPSite):
+    """aiohttp's TCPSite, each connection counted against its peer's limit and served by
+    a `GatewayRequestHandler` made with the runner's options."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        counts: PeerCounts,
+        state: GatewayState,
+        handler_options: dict[str, Any],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(runner, **kwargs)
         self.counts = counts
+        self.state = state
+        self.handler_options = handler_options
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site; TCPSite.start would bind
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+
+        def connection() -> CountedConnection:
+            handler = GatewayRequestHandler(server, self.state, loop=loop, **self.handler_options)
+            return CountedConnection(self.counts, handler)
+
         self._server = await loop.create_server(
-            lambda: CountedConnection(self.counts, server()),
+            connection,
             self._host,
             self._port,
             ssl=self._ssl_context,

@@ -43,8 +43,17 @@ def gated(endpoint: str, admit: Admission, handler: Handler) -> Handler:
     async def answer(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         started = time.perf_counter()
+        response: web.StreamResponse
         try:
-            response = await admit(state, request, endpoint, handler)
+            expectation = request.headers.get("Expect")
+            if expectation is not None and expectation.lower() != "100-continue":
+                response = error_answer(
+                    417,
+                    f"Expect {expectation[:32]!r} is not understood (only 100-continue)",
+                    [{"loc": "expect", "type": "unsupported", "msg": "100-continue"}],
+                )
+            else:
+                response = await admit(state, request, endpoint, handler)
         except web.HTTPException as error:
             response = error_answer(error.status, error.reason)
             for name in ("Allow", "WWW-Authenticate"):

@@ -71,11 +71,9 @@ async def serve(
     """Serve until `stop` is set or SIGTERM/SIGINT arrives. Raises OSError when a listen
     address cannot be bound."""
     app = create_app(config, embedder=embedder, store=store)
+    options = runner_options(config.gateway.idle_timeout_seconds)
     runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-        **runner_options(config.gateway.idle_timeout_seconds),
+        app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, **options
     )
     await runner.setup()
     stop = stop or asyncio.Event()
@@ -85,7 +83,10 @@ async def serve(
     try:
         for address in config.gateway.listen:
             host, port = parse_listen_address(address)
-            await PeerLimitedSite(runner, counts, host=host, port=port, ssl_context=context).start()
+            site = PeerLimitedSite(
+                runner, counts, app[STATE], options, host=host, port=port, ssl_context=context
+            )
+            await site.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload, context, config.gateway)
