@@ -230,12 +230,6 @@ class ValidationConfig(Section):
             )
         return self
 
-    def normalised_deny_patterns(self) -> list[str]:
-        return [normalise_text(pattern) for pattern in self.deny_patterns]
-
-    def normalised_learn_deny_patterns(self) -> list[str]:
-        return [normalise_text(pattern) for pattern in self.learn_deny_patterns]
-
     def rate_windows(self) -> list[tuple[str, int, int]]:
         """(name, quota, window seconds) for each configured limit, shortest window first."""
         windows = []

@@ -194,27 +194,24 @@ class Machine:
         return output
 
     def wait_until_succeeds(self, command: str, timeout: int = 900) -> str:
-        output = ""
-
-        def check_success(_last_try: bool) -> bool:
-            nonlocal output
-            status, output = self.execute(command, timeout=timeout)
-            return status == 0
-
-        with self.nested(f"waiting for success: {command}"):
-            retry(check_success, timeout)
-            return output
+        return self._wait_for_status(command, timeout, "success", lambda status: status == 0)
 
     def wait_until_fails(self, command: str, timeout: int = 900) -> str:
+        return self._wait_for_status(command, timeout, "failure", lambda status: status != 0)
+
+    def _wait_for_status(
+        self, command: str, timeout: int, what: str, wanted: Callable[[int], bool]
+    ) -> str:
+        """Run `command` once a second until its status is `wanted`; its last output."""
         output = ""
 
-        def check_failure(_last_try: bool) -> bool:
+        def check(_last_try: bool) -> bool:
             nonlocal output
             status, output = self.execute(command, timeout=timeout)
-            return status != 0
+            return wanted(status)
 
-        with self.nested(f"waiting for failure: {command}"):
-            retry(check_failure, timeout)
+        with self.nested(f"waiting for {what}: {command}"):
+            retry(check, timeout)
             return output
 
     def sleep(self, secs: int) -> None:

@@ -12,6 +12,8 @@ from pydantic_core import to_json
 from aistack.gateway.requests import Problem
 
 RETRY_AFTER_UNAVAILABLE = 5
+# The request body codings aiohttp decodes (the Accept-Encoding of a 415).
+ACCEPTED_CODINGS = "gzip, deflate"
 
 
 def json_answer(

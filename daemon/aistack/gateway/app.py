@@ -53,10 +53,8 @@ def create_app(
         config=config,
         metrics=GatewayMetrics(registry or CollectorRegistry()),
         search_parser=SearchParser(validation),
-        rules=ContentRules(validation.normalised_deny_patterns(), validation.deny_action),
-        learn_rules=ContentRules(
-            validation.normalised_learn_deny_patterns(), validation.learn_deny_action
-        ),
+        rules=ContentRules(validation.deny_patterns, validation.deny_action),
+        learn_rules=ContentRules(validation.learn_deny_patterns, validation.learn_deny_action),
         limiter=create_rate_limiter(
             windows, validation.rate_limit_storage, validation.rate_limit_max_clients
         ),

@@ -36,7 +36,7 @@ def client_key(
     if peer_address is None:
         # Not an IP (an unusual socket family): the kernel wrote it, so it is still honest.
         return peer
-    if not _is_trusted(peer_address, trusted):
+    if not is_trusted(peer_address, trusted):
         return address_key(peer_address, ipv6_prefix)
     return address_key(_forwarded_client(peer_address, forwarded_for, trusted), ipv6_prefix)
 
@@ -76,14 +76,14 @@ def _forwarded_client(
             # client could mint a fresh key (and a fresh quota) per request with made-up
             # entries like "unknown-1", "unknown-2", ...
             return last_trusted
-        if not _is_trusted(address, trusted):
+        if not is_trusted(address, trusted):
             return address
         last_trusted = address
     # Every hop is one of ours: the request started inside a trusted network.
     return last_trusted
 
 
-def _is_trusted(address: Address, trusted: Sequence[Network]) -> bool:
+def is_trusted(address: Address, trusted: Sequence[Network]) -> bool:
     return any(address in network for network in trusted)
 
 

@@ -19,20 +19,18 @@ one line at info: a client's malformed request is not our error.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
-from aistack.gateway.answers import error_answer
+from aistack.gateway.answers import ACCEPTED_CODINGS, RETRY_AFTER_UNAVAILABLE, error_answer
+from aistack.gateway.clientkey import Network, is_trusted, parse_address
 from aistack.gateway.state import GatewayState
 from aistack.observability.logs import EventLog
 
 log = EventLog("gateway")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-RETRY_AFTER_SECONDS = 5
 TOO_MANY_CONNECTIONS = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
@@ -41,7 +39,7 @@ BODY = (
     b'{"detail":"too many open connections from this address; close some and retry",'
     b'"errors":[{"loc":"client","type":"too_many_connections","msg":"max_connections_per_client"}]}'
 )
-REFUSAL = TOO_MANY_CONNECTIONS % (RETRY_AFTER_SECONDS, len(BODY), BODY)
+REFUSAL = TOO_MANY_CONNECTIONS % (RETRY_AFTER_UNAVAILABLE, len(BODY), BODY)
 
 
 class PeerCounts:
@@ -74,11 +72,8 @@ class PeerCounts:
     def is_exempt(self, peer: str) -> bool:
         if not self.exempt:
             return False
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self.exempt)
+        address = parse_address(peer)
+        return address is not None and is_trusted(address, self.exempt)
 
 
 class CountedConnection(asyncio.Protocol):
@@ -164,11 +159,11 @@ class GatewayRequestHandler(RequestHandler):
             raise ConnectionError("an answer was already being sent")
         if status >= 500:
             log.error("gateway.unhandled", status=status, error=repr(exc))
-            status, words = status, "internal error; see the gateway's journal"
+            words = "internal error; see the gateway's journal"
         else:
             status, words = parser_error(exc, status)
             log.info("gateway.malformed_request", status=status, error=type(exc).__name__)
-        headers = {"Accept-Encoding": "gzip, deflate"} if status == 415 else None
+        headers = {"Accept-Encoding": ACCEPTED_CODINGS} if status == 415 else None
         response = error_answer(
             status, words, [{"loc": "request", "type": "malformed", "msg": words}], headers
         )

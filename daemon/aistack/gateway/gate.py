@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from aistack.gateway.answers import error_answer, unavailable_answer
+from aistack.gateway.answers import ACCEPTED_CODINGS, error_answer, unavailable_answer
 from aistack.gateway.ratelimit import Decision, MemoryRateLimiter, RateLimitStorageError
 from aistack.gateway.state import STATE, GatewayState
 from aistack.observability.logs import EventLog
@@ -150,8 +150,8 @@ def checked(state: GatewayState, request: web.Request, endpoint: str) -> web.Res
         return error_answer(
             415,
             f"Content-Encoding {coding[:32]!r} is not supported (gzip, deflate or none)",
-            [{"loc": "content-encoding", "type": "unsupported", "msg": "gzip, deflate"}],
-            {"Accept-Encoding": "gzip, deflate"},
+            [{"loc": "content-encoding", "type": "unsupported", "msg": ACCEPTED_CODINGS}],
+            {"Accept-Encoding": ACCEPTED_CODINGS},
         )
     limit = state.config.gateway.max_body_bytes
     declared = request.content_length

@@ -290,8 +290,8 @@ def parse_request(model: type[ModelT], body: bytes) -> ModelT:
 class ContentRules:
     """The roadmap's deny patterns, matched on normalised text, and what to do on a hit."""
 
-    def __init__(self, normalised_patterns: list[str], action: str) -> None:
-        self.patterns = tuple(dict.fromkeys(normalised_patterns))
+    def __init__(self, patterns: list[str], action: str) -> None:
+        self.patterns = tuple(dict.fromkeys(normalise_text(pattern) for pattern in patterns))
         self.reject = action == "reject"
 
     def first_match(self, text: str) -> str | None:
