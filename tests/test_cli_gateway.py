@@ -386,6 +386,8 @@ def exchange(port: int, raw: bytes) -> tuple[bytes, bytes]:
     ("raw", "status"),
     [
         (b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
+        (b"CONNECT <script>:443 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 400),
+        (b"CONNECT example.org:443 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404),
         (
             b"POST /vector/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Expect: 200-ok\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",

@@ -14,12 +14,17 @@ coding it cannot decode) it answers in text/plain that quotes the raw request by
 logs with a traceback at ERROR. `GatewayRequestHandler` answers those in the gateway's
 JSON shape with its RateLimit-Policy field, counts them (endpoint "malformed"), and logs
 one line at info: a client's malformed request is not our error.
+
+A request whose target has no path (`CONNECT host:port`, the authority form) reaches no
+route at all: aiohttp's router walks the path's prefixes and an empty path has none, so
+aiohttp itself answers text/plain 404. Such a request is handed to the application with
+the target `*` (the other target without a path), which the catch-all answers in JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import http_exceptions, web
@@ -39,6 +44,7 @@ BODY = (
     b'{"detail":"too many open connections from this address; close some and retry",'
     b'"errors":[{"loc":"client","type":"too_many_connections","msg":"max_connections_per_client"}]}'
 )
+PATHLESS_TARGET = "*"
 REFUSAL = TOO_MANY_CONNECTIONS % (RETRY_AFTER_UNAVAILABLE, len(BODY), BODY)
 
 
@@ -146,6 +152,19 @@ class GatewayRequestHandler(RequestHandler):
     def __init__(self, manager: web.Server, state: GatewayState, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.state = state
+
+    async def _handle_request(
+        self,
+        request: web.BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> tuple[web.StreamResponse, bool]:
+        # aiohttp offers no public hook between parsing a request and routing it; this is
+        # the one place a pathless target can be seen. Re-check on every aiohttp upgrade
+        # (test_cli_gateway's CONNECT case fails if the hook is no longer called).
+        if not request.rel_url.path:
+            request = request.clone(rel_url=PATHLESS_TARGET)
+        return await super()._handle_request(request, start_time, request_handler)
 
     def handle_error(
         self,
