@@ -75,7 +75,8 @@ class GatewayConfig(Section):
     # A connection that has not sent a whole request this long after connecting or after
     # its last answer is closed: a silent or trickling header, an idle keep-alive.
     idle_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
-    # Open connections one address may hold (trusted_proxies are not limited).
+    # Open connections one client may hold: an IPv4 address, or an IPv6 peer's
+    # validation.ipv6_prefix network (trusted_proxies are not limited).
     max_connections_per_client: int = Field(default=64, ge=1, le=100_000)
 
     @field_validator("listen")

@@ -58,7 +58,7 @@ class ClientKeys:
         if not self.trusted:
             # No proxy of ours: the header is never read, and the key depends on the peer
             # alone, so it is looked up rather than worked out (a few us per request).
-            return _peer_key(peer, self.ipv6_prefix)
+            return peer_key(peer, self.ipv6_prefix)
         return client_key(
             peer, headers.getall("X-Forwarded-For", ()), self.trusted, self.ipv6_prefix
         )
@@ -93,7 +93,8 @@ ADDRESS_CACHE_SIZE = 8192
 
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)
-def _peer_key(peer: str | None, ipv6_prefix: int) -> str:
+def peer_key(peer: str | None, ipv6_prefix: int) -> str:
+    """The key of the socket peer itself, whatever it forwards: for counting connections."""
     return client_key(peer, (), (), ipv6_prefix)
 
 

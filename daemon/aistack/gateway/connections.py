@@ -6,7 +6,9 @@ of connecting or of its last answer; that one timer bounds both a slow (or silen
 and an idle keep-alive, so `gateway.idle_timeout_seconds` sets it (aiohttp's default is
 an hour). aiohttp has no limit per client address, and neither has aiohttp-remotes, so a
 site of ours counts open connections by peer and answers the one past
-`gateway.max_connections_per_client` with a 503 before it is handed to aiohttp. Peers in
+`gateway.max_connections_per_client` with a 503 before it is handed to aiohttp. A peer is
+keyed as the rate limiter keys it (an IPv6 peer by its `/ipv6_prefix` network): a host
+owning a /64 could otherwise hold 64 sockets from each of its addresses. Peers in
 `trusted_proxies` are not limited: behind nginx every client is 127.0.0.1.
 
 What aiohttp's parser refuses (a broken request line or header, TLS on the plain port, a
@@ -31,7 +33,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from aistack.gateway.answers import ACCEPTED_CODINGS, RETRY_AFTER_UNAVAILABLE, error_answer
-from aistack.gateway.clientkey import Network, is_trusted, parse_address
+from aistack.gateway.clientkey import Network, is_trusted, parse_address, peer_key
 from aistack.gateway.state import GatewayState
 from aistack.observability.logs import EventLog
 
@@ -52,28 +54,37 @@ class PeerCounts:
     """Open connections per peer address, and the refusal of one too many."""
 
     def __init__(
-        self, limit: int, exempt: Sequence[Network], on_refused: Callable[[], None]
+        self,
+        limit: int,
+        exempt: Sequence[Network],
+        ipv6_prefix: int,
+        on_refused: Callable[[], None],
     ) -> None:
         self.limit = limit
         self.exempt = tuple(exempt)
+        self.ipv6_prefix = ipv6_prefix
         self.on_refused = on_refused
         self.open: dict[str, int] = {}
 
     def admit(self, peer: str) -> bool:
         if self.is_exempt(peer):
             return True
-        count = self.open.get(peer, 0)
+        key = peer_key(peer, self.ipv6_prefix)
+        count = self.open.get(key, 0)
         if count >= self.limit:
             return False
-        self.open[peer] = count + 1
+        self.open[key] = count + 1
         return True
 
     def release(self, peer: str) -> None:
-        count = self.open.get(peer, 0)
+        if self.is_exempt(peer):
+            return
+        key = peer_key(peer, self.ipv6_prefix)
+        count = self.open.get(key, 0)
         if count <= 1:
-            self.open.pop(peer, None)
+            self.open.pop(key, None)
         else:
-            self.open[peer] = count - 1
+            self.open[key] = count - 1
 
     def is_exempt(self, peer: str) -> bool:
         if not self.exempt:

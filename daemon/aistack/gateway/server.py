@@ -26,6 +26,7 @@ def peer_counts(app: web.Application, config: Config) -> PeerCounts:
     return PeerCounts(
         config.gateway.max_connections_per_client,
         config.gateway.trusted_networks(),
+        config.validation.ipv6_prefix,
         app[STATE].metrics.connection_refused,
     )
 
