@@ -17,6 +17,7 @@ from aistack.config import ConfigError
 from aistack.gateway.access import load_access
 from aistack.gateway.answers import REFUSAL_BODIES_KEPT, refusal_body
 from aistack.gateway.requests import Problem
+from aistack.observability.logs import EventFormatter
 
 SEARCH = {"collection": "nixos_docs", "query": "enable the ssh server"}
 
@@ -195,6 +196,17 @@ async def test_control_characters_are_rejected(gateway):
     assert (status, body["detail"]) == (422, "query: control characters are not allowed")
     status, _, _ = await post(server, {**SEARCH, "query": "line one\nline two\ttab"})
     assert status == 200
+
+
+async def test_a_deny_pattern_hit_is_logged_with_its_collection_and_field(gateway, caplog):
+    server = await gateway()
+    assert (await post(server, {**SEARCH, "query": "DROP TABLE x"}))[0] == 422
+    journald = EventFormatter(journald=True)
+    lines = [journald.format(r) for r in caplog.records if r.getMessage() == "gateway.deny_pattern"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("<4>event=gateway.deny_pattern endpoint=/vector/search"), lines[0]
+    assert f"collection={SEARCH['collection']} field=query" in lines[0], lines[0]
+    assert 'pattern="drop " action=reject' in lines[0], lines[0]
 
 
 async def test_deny_action_log_answers_and_counts(gateway):

@@ -81,7 +81,7 @@ async def search(request: web.Request) -> web.Response:
             state.metrics.rejected(problem.reason)
         return problems_answer(query)
 
-    denied = screen(state, state.rules, "/vector/search", {"query": query.query})
+    denied = screen(state, state.rules, "/vector/search", query.collection, {"query": query.query})
     if denied:
         return problems_answer(denied)
     state.metrics.query_size.observe(len(query.query.encode()))
@@ -112,7 +112,11 @@ async def search(request: web.Request) -> web.Response:
 
 
 def screen(
-    state: GatewayState, rules: ContentRules, endpoint: str, fields: dict[str, str]
+    state: GatewayState,
+    rules: ContentRules,
+    endpoint: str,
+    collection: str,
+    fields: dict[str, str],
 ) -> list[Problem]:
     """Each field's first deny-pattern hit, counted and logged; the problems to answer 422
     with when the rules reject, none when they only log."""
@@ -125,6 +129,7 @@ def screen(
         log.warning(
             "gateway.deny_pattern",
             endpoint=endpoint,
+            collection=collection,
             field=field,
             pattern=pattern,
             action="reject" if rules.reject else "log",

@@ -46,7 +46,11 @@ async def learn(request: web.Request) -> web.Response:
             state.metrics.rejected(problem.reason)
         return problems_answer(rejected.problems)
     denied = screen(
-        state, state.learn_rules, "/hybrid/learn", {"query": item.query, "solution": item.solution}
+        state,
+        state.learn_rules,
+        "/hybrid/learn",
+        COLLECTION,
+        {"query": item.query, "solution": item.solution},
     )
     if denied:
         return problems_answer(denied)
