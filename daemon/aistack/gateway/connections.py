@@ -1,10 +1,12 @@
 """Connections before they are requests: how long one may sit idle, how many one address
 may hold, and the answer to what is not a request at all.
 
-aiohttp closes a connection that has not completed a request within `keepalive_timeout`
-of connecting or of its last answer; that one timer bounds both a slow (or silent) header
-and an idle keep-alive, so `gateway.idle_timeout_seconds` sets it (aiohttp's default is
-an hour). aiohttp has no limit per client address, and neither has aiohttp-remotes, so a
+aiohttp closes a connection that has sent nothing for `keepalive_timeout` after its last
+answer; `gateway.idle_timeout_seconds` sets it (aiohttp's default is an hour). From 3.14
+aiohttp also starts that timer when a connection opens, but 3.13 (what nixpkgs packages) does not
+and would hold a silent connection, or one trickling its first request's header, for as
+long as the client likes; `GatewayRequestHandler` bounds the first request head itself,
+on every version. aiohttp has no limit per client address, and neither has aiohttp-remotes, so a
 site of ours counts open connections by peer and answers the one past
 `gateway.max_connections_per_client` with a 503 before it is handed to aiohttp. A peer is
 keyed as the rate limiter keys it (an IPv6 peer by its `/ipv6_prefix` network): a host
@@ -26,7 +28,7 @@ the target `*` (the other target without a path), which the catch-all answers in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import http_exceptions, web
@@ -163,19 +165,40 @@ class GatewayRequestHandler(RequestHandler):
     def __init__(self, manager: web.Server, state: GatewayState, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.state = state
+        self.first_head_deadline: asyncio.TimerHandle | None = None
 
-    async def _handle_request(
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        loop = asyncio.get_running_loop()
+        self.first_head_deadline = loop.call_later(self.keepalive_timeout, self.no_request_in_time)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.cancel_first_head_deadline()
+        super().connection_lost(exc)
+
+    def cancel_first_head_deadline(self) -> None:
+        if self.first_head_deadline is not None:
+            self.first_head_deadline.cancel()
+            self.first_head_deadline = None
+
+    def no_request_in_time(self) -> None:
+        self.first_head_deadline = None
+        self.force_close()
+
+    def _handle_request(
         self,
         request: web.BaseRequest,
         start_time: float | None,
         request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
-    ) -> tuple[web.StreamResponse, bool]:
+    ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
         # aiohttp offers no public hook between parsing a request and routing it; this is
         # the one place a pathless target can be seen. Re-check on every aiohttp upgrade
-        # (test_cli_gateway's CONNECT case fails if the hook is no longer called).
+        # (test_cli_gateway's CONNECT case fails if the hook is no longer called). Not a
+        # coroutine itself: aiohttp's own is handed back, so a request costs no extra frame.
+        self.cancel_first_head_deadline()
         if not request.rel_url.path:
             request = request.clone(rel_url=PATHLESS_TARGET)
-        return await super()._handle_request(request, start_time, request_handler)
+        return super()._handle_request(request, start_time, request_handler)
 
     def handle_error(
         self,
