@@ -17,6 +17,7 @@ from aistack.config import ConfigError
 from aistack.gateway.access import load_access
 from aistack.gateway.answers import REFUSAL_BODIES_KEPT, refusal_body
 from aistack.gateway.requests import Problem
+from aistack.gateway.routes import KEYED_ENDPOINTS
 from aistack.observability.logs import EventFormatter
 
 SEARCH = {"collection": "nixos_docs", "query": "enable the ssh server"}
@@ -598,7 +599,7 @@ def test_an_api_key_digest_must_be_64_hex_digits_and_nothing_else(tmp_path, dige
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"keys": {"ci": {"sha256": digest, "collections": ["*"]}}}))
     with pytest.raises(ConfigError, match=r"keys\.ci\.sha256: must be 64 hex digits"):
-        load_access(str(keys), frozenset({"nixos_docs"}))
+        load_access(str(keys), frozenset({"nixos_docs"}), KEYED_ENDPOINTS)
 
 
 async def test_an_acme_token_ending_in_a_newline_is_not_looked_up(gateway, tmp_path):

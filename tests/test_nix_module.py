@@ -382,7 +382,7 @@ def test_the_package_evaluates_without_fastembed_where_nixpkgs_marks_it_bad():
     # meta.badPlatforms (onnxruntime). What is not modelled: the rest of their meta.
     names = (
         "aiohttp pydantic qdrant-client asyncpg prometheus-client redis numpy acme josepy"
-        " cryptography idna regex setuptools"
+        " cryptography idna regex typing-extensions setuptools"
     )
     expression = f"""
       let

@@ -63,6 +63,7 @@ buildPythonApplication {
       cryptography
       idna
       regex
+      typing-extensions
     ]
     ++ lib.optionals localEmbedding [
       fastembed

@@ -22,12 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from aistack.config import ConfigError
 
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")  # fullmatch: `$` matches before a final newline
-ENDPOINTS = frozenset({"/vector/search", "/hybrid/learn", "/readyz", "/metrics", "/openapi.json"})
 
 
 class KeyEntry(BaseModel):
@@ -46,10 +52,12 @@ class KeyEntry(BaseModel):
 
     @field_validator("endpoints")
     @classmethod
-    def _endpoints(cls, value: list[str]) -> list[str]:
-        unknown = [e for e in value if e != "*" and e not in ENDPOINTS]
+    def _endpoints(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        assert info.context is not None  # load_access passes the routes a key decides
+        known: frozenset[str] = info.context["endpoints"]
+        unknown = [e for e in value if e != "*" and e not in known]
         if unknown:
-            raise ValueError(f"unknown endpoints {unknown}; known: {sorted(ENDPOINTS)} or *")
+            raise ValueError(f"unknown endpoints {unknown}; known: {sorted(known)} or *")
         return value
 
 
@@ -82,7 +90,10 @@ class AccessControl:
         return self._by_digest.get(digest)
 
 
-def load_access(path: str, all_collections: frozenset[str]) -> AccessControl:
+def load_access(
+    path: str, all_collections: frozenset[str], endpoints: frozenset[str]
+) -> AccessControl:
+    """The keys of `path`, each limited to some of `all_collections` and `endpoints`."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -92,7 +103,7 @@ def load_access(path: str, all_collections: frozenset[str]) -> AccessControl:
     except (ValueError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{file}: not valid {file.suffix[1:] or 'TOML'}: {error}") from None
     try:
-        parsed = KeysFile.model_validate(data)
+        parsed = KeysFile.model_validate(data, context={"endpoints": endpoints})
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"

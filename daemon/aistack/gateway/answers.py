@@ -1,4 +1,5 @@
-"""Error answers: JSON with a one-line `detail` naming each failing field and rule."""
+"""Every answer the gateway builds: JSON, and for refusals and errors a one-line
+`detail` naming each failing field and rule (the shapes are in `schemas`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from aiohttp import web
 from pydantic_core import to_json
 
 from aistack.gateway.requests import Problem
+from aistack.gateway.schemas import ErrorAnswer, ErrorItem
 
 RETRY_AFTER_UNAVAILABLE = 5
+RETRY_AFTER_BUSY = 1
 # The request body codings aiohttp decodes (the Accept-Encoding of a 415).
 ACCEPTED_CODINGS = "gzip, deflate"
 
@@ -32,10 +35,11 @@ def json_answer(
 def error_answer(
     status: int,
     detail: str,
-    errors: Sequence[dict[str, str]] = (),
+    errors: Sequence[ErrorItem] = (),
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    return json_answer({"detail": detail, "errors": list(errors)}, status, headers)
+    answer: ErrorAnswer = {"detail": detail, "errors": list(errors)}
+    return json_answer(answer, status, headers)
 
 
 def problems_answer(problems: Sequence[Problem]) -> web.Response:
@@ -54,7 +58,8 @@ REFUSAL_BODIES_KEPT = 1024
 @functools.lru_cache(maxsize=REFUSAL_BODIES_KEPT)
 def refusal_body(problems: tuple[Problem, ...]) -> bytes:
     detail = "; ".join(f"{p.loc}: {p.msg}" for p in problems)
-    return to_json({"detail": detail, "errors": [p.as_json() for p in problems]})
+    answer: ErrorAnswer = {"detail": detail, "errors": [p.as_json() for p in problems]}
+    return to_json(answer)
 
 
 def unavailable_answer(dependency: str) -> web.Response:
@@ -63,4 +68,22 @@ def unavailable_answer(dependency: str) -> web.Response:
         f"{dependency} is unavailable; retry later",
         [{"loc": dependency, "type": "unavailable", "msg": "dependency did not answer"}],
         {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+    )
+
+
+def busy_answer(reason: str) -> web.Response:
+    return error_answer(
+        503,
+        f"the embedder is busy ({reason}); retry later",
+        [{"loc": "embedder", "type": "busy", "msg": "max_queue_depth, max_queue_wait_seconds"}],
+        {"Retry-After": str(RETRY_AFTER_BUSY)},
+    )
+
+
+def too_large(limit: int, declared: int | None = None) -> web.Response:
+    got = f" (Content-Length {declared})" if declared is not None else ""
+    return error_answer(
+        413,
+        f"body: max_body_bytes {limit} exceeded{got}",
+        [{"loc": "body", "type": "too_large", "msg": f"max_body_bytes {limit}"}],
     )

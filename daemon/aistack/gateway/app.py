@@ -14,18 +14,12 @@ from prometheus_client import CollectorRegistry
 
 from aistack.config import Config
 from aistack.embedding import Embedder, open_embedder
-from aistack.gateway import handlers, learn
+from aistack.gateway import operational
 from aistack.gateway.access import load_access
 from aistack.gateway.bodies import defer_continue
 from aistack.gateway.clientkey import ClientKeys
 from aistack.gateway.embedqueue import EmbeddingQueue
-from aistack.gateway.gate import (
-    UNMATCHED,
-    admit_api_call,
-    admit_open,
-    admit_operational,
-    gated,
-)
+from aistack.gateway.gate import OPERATIONAL, UNMATCHED, gated
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.openapi import build_openapi
 from aistack.gateway.ratelimit import (
@@ -34,6 +28,7 @@ from aistack.gateway.ratelimit import (
     windows_from_config,
 )
 from aistack.gateway.requests import ContentRules, SearchParser, search_request_model
+from aistack.gateway.routes import KEYED_ENDPOINTS, ROUTES
 from aistack.gateway.state import STATE, CollectionTotals, GatewayState
 from aistack.stores import postgres
 from aistack.stores.qdrant import VectorStore
@@ -62,7 +57,7 @@ def create_app(
         collections=collections,
         client_keys=ClientKeys(config.gateway.trusted_networks(), validation.ipv6_prefix),
         access=(
-            load_access(config.gateway.api_keys_file, collections)
+            load_access(config.gateway.api_keys_file, collections, KEYED_ENDPOINTS)
             if config.gateway.api_keys_file
             else None
         ),
@@ -83,24 +78,22 @@ def create_app(
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    """Every route, its handler wrapped by `gate.gated` with the checks its endpoint needs."""
-    for path, handler in (("/vector/search", handlers.search), ("/hybrid/learn", learn.learn)):
-        router.add_post(path, gated(path, admit_api_call, handler), expect_handler=defer_continue)
-    for path, admit, handler in (
-        ("/openapi.json", admit_api_call, handlers.openapi),
-        ("/healthz", admit_open, handlers.healthz),
-        ("/readyz", admit_operational, handlers.readyz),
-        ("/metrics", admit_operational, handlers.metrics),
-        ("/.well-known/acme-challenge/{token}", admit_open, handlers.acme_challenge),
-    ):
-        router.add_get(path, gated(path, admit, handler), expect_handler=defer_continue)
+    """Every route of `routes.ROUTES`, its handler wrapped by `gate.gated` with its admission."""
+    for route in ROUTES:
+        # add_get, for a GET route, serves HEAD as well (as aiohttp does by default).
+        add = router.add_get if route.method == "GET" else router.add_post
+        add(
+            route.path,
+            gated(route.path, route.admission, route.handler),
+            expect_handler=defer_continue,
+        )
     # Last: what no route above serves, whatever its request target ("OPTIONS *" and
     # CONNECT's host:port included). Its handler answers 404, or 405 with Allow.
-    unmatched = AnyTargetResource(handlers.UNMATCHED_PATHS)
+    unmatched = AnyTargetResource(operational.UNMATCHED_PATHS)
     router.register_resource(unmatched)
     unmatched.add_route(
         "*",
-        gated(UNMATCHED, admit_operational, handlers.unmatched),
+        gated(UNMATCHED, OPERATIONAL, operational.unmatched),
         expect_handler=defer_continue,
     )
 

@@ -1,17 +1,19 @@
 """The checks every request passes, cheapest first, before a handler spends anything on it.
 
 `gated` wraps each route's handler when the application is built: metrics around
-everything; then, by the route's admission, the rate limiter (429), the API key
+everything; then, by the route's `Admission`, the rate limiter (429), the API key
 (401/403), the media type (415) and the declared body size (413). Only then does a
-handler read the body. Operational endpoints (/healthz, /readyz, /metrics, ACME tokens)
-are not counted against a client's quota, so a Prometheus scrape never eats an agent's
-searches, but they carry the RateLimit-Policy field like every other answer.
+handler read the body. An `Admission` also says what its checks may answer, which
+`/openapi.json` documents for every route that uses it. Operational endpoints
+(/healthz, /readyz, /metrics, ACME tokens) are not counted against a client's quota, so
+a Prometheus scrape never eats an agent's searches, but they carry the RateLimit-Policy
+field like every other answer.
 
 Why wrappers and not an aiohttp middleware: aiohttp builds a middleware chain around the
 handler on every request, and that alone, for a middleware that only awaits the handler,
 cost about 12% of a bare handler's requests per second under wrk (8 us a request). That
 is the budget of a refusal, which must stay cheap. A wrapper also knows its endpoint when
-it is built. Paths no route serves reach a catch-all route (`handlers.unmatched`), so
+it is built. Paths no route serves reach a catch-all route (`operational.unmatched`), so
 they are answered, counted and labelled here too.
 """
 
@@ -19,26 +21,53 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from aistack.gateway.answers import ACCEPTED_CODINGS, error_answer, unavailable_answer
+from aistack.gateway.answers import (
+    ACCEPTED_CODINGS,
+    error_answer,
+    too_large,
+    unavailable_answer,
+)
 from aistack.gateway.ratelimit import Decision, MemoryRateLimiter, RateLimitStorageError
 from aistack.gateway.state import STATE, GatewayState
 from aistack.observability.logs import EventLog
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Admission = Callable[[GatewayState, web.Request, str, Handler], Awaitable[web.StreamResponse]]
+Admit = Callable[[GatewayState, web.Request, str, Handler], Awaitable[web.StreamResponse]]
 log = EventLog("gateway")
 
-BODY_ENDPOINTS = frozenset({"/vector/search", "/hybrid/learn"})
 UNMATCHED = "unmatched"  # the endpoint label of every path no route serves
 BODY_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
 
 
-def gated(endpoint: str, admit: Admission, handler: Handler) -> Handler:
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a route's requests pass before its handler runs."""
+
+    admit: Admit
+    keyed: bool  # with `api_keys_file`, a key decides: 401, 403
+    limited: bool  # counted against the client's quota: 429, or 503 when storage is down
+    takes_body: bool  # a JSON body, checked before it is read: 413, 415; then 408, 422
+
+    def refusals(self) -> tuple[int, ...]:
+        """The statuses these checks (and reading the body) may answer."""
+        statuses: list[int] = []
+        if self.keyed:
+            statuses += (401, 403)
+        if self.limited:
+            statuses += (429, 503)
+        if self.takes_body:
+            statuses += (408, 413, 415, 422)
+        return tuple(sorted(statuses))
+
+
+def gated(endpoint: str, admission: Admission, handler: Handler) -> Handler:
     """`handler`, answered only if `admit` lets the request through; timed and counted
     under `endpoint` (a route template, never the raw path a client sent)."""
+    admit = admission.admit
 
     async def answer(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
@@ -84,17 +113,37 @@ async def admit_operational(
     state: GatewayState, request: web.Request, endpoint: str, handler: Handler
 ) -> web.StreamResponse:
     """Readiness, metrics and unmatched paths: the API key if keys are configured, no quota."""
-    if state.access is not None:
-        denied = authorize(state, request, endpoint)
-        if denied is not None:
-            return denied
-    return await handler(request)
+    denied = authorized(state, request, endpoint)
+    return denied if denied is not None else await handler(request)
 
 
-async def admit_api_call(
+# These two hand back `admit_within_quota`'s coroutine instead of awaiting it: a refusal
+# then costs no extra frame.
+def admit_api_call(
     state: GatewayState, request: web.Request, endpoint: str, handler: Handler
+) -> Awaitable[web.StreamResponse]:
+    """The API without a body: the quota first (a refused client costs least), then the key."""
+    return admit_within_quota(state, request, endpoint, handler, authorized)
+
+
+def admit_api_body(
+    state: GatewayState, request: web.Request, endpoint: str, handler: Handler
+) -> Awaitable[web.StreamResponse]:
+    """The API with a JSON body: the quota, the key, then what can be told of the body
+    before it is read."""
+    return admit_within_quota(state, request, endpoint, handler, acceptable_body)
+
+
+Precheck = Callable[[GatewayState, web.Request, str], web.Response | None]
+
+
+async def admit_within_quota(
+    state: GatewayState,
+    request: web.Request,
+    endpoint: str,
+    handler: Handler,
+    precheck: Precheck,
 ) -> web.StreamResponse:
-    """The API: the quota first (a refused client costs least), then the key and the body."""
     key = state.client_keys.of(request.remote, request.headers)
     limiter = state.limiter
     if isinstance(limiter, MemoryRateLimiter):
@@ -109,7 +158,7 @@ async def admit_api_call(
     if not decision.allowed:
         response = refuse_over_limit(state, decision)
     else:
-        response = checked(state, request, endpoint) or await handler(request)
+        response = precheck(state, request, endpoint) or await handler(request)
     if decision.states:
         response.headers["RateLimit"] = decision.header_value()
     return response
@@ -126,14 +175,18 @@ def refuse_over_limit(state: GatewayState, decision: Decision) -> web.Response:
     )
 
 
-def checked(state: GatewayState, request: web.Request, endpoint: str) -> web.Response | None:
+def authorized(state: GatewayState, request: web.Request, endpoint: str) -> web.Response | None:
+    """The key's refusal, or None when keys are not configured or this one may go on."""
+    return authorize(state, request, endpoint) if state.access is not None else None
+
+
+def acceptable_body(
+    state: GatewayState, request: web.Request, endpoint: str
+) -> web.Response | None:
     """The first refusal that needs no body, or None when the handler may go on."""
-    if state.access is not None:
-        denied = authorize(state, request, endpoint)
-        if denied is not None:
-            return denied
-    if endpoint not in BODY_ENDPOINTS:
-        return None
+    denied = authorized(state, request, endpoint)
+    if denied is not None:
+        return denied
     media_type = media_type_of(request)
     if media_type != "application/json":
         state.metrics.rejected("unsupported_media_type")
@@ -170,15 +223,6 @@ def media_type_of(request: web.Request) -> str:
     return raw.partition(";")[0].strip().lower()
 
 
-def too_large(limit: int, declared: int | None = None) -> web.Response:
-    got = f" (Content-Length {declared})" if declared is not None else ""
-    return error_answer(
-        413,
-        f"body: max_body_bytes {limit} exceeded{got}",
-        [{"loc": "body", "type": "too_large", "msg": f"max_body_bytes {limit}"}],
-    )
-
-
 def authorize(state: GatewayState, request: web.Request, endpoint: str) -> web.Response | None:
     assert state.access is not None
     grant = state.access.grant_for(request.headers.get("Authorization"))
@@ -196,3 +240,9 @@ def authorize(state: GatewayState, request: web.Request, endpoint: str) -> web.R
             [{"loc": "authorization", "type": "forbidden", "msg": endpoint}],
         )
     return None
+
+
+OPEN = Admission(admit_open, keyed=False, limited=False, takes_body=False)
+OPERATIONAL = Admission(admit_operational, keyed=True, limited=False, takes_body=False)
+API = Admission(admit_api_call, keyed=True, limited=True, takes_body=False)
+API_WITH_BODY = Admission(admit_api_body, keyed=True, limited=True, takes_body=True)

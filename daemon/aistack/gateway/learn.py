@@ -14,9 +14,10 @@ import asyncpg
 from aiohttp import web
 
 from aistack.gateway.answers import json_answer, problems_answer
-from aistack.gateway.handlers import body_or_answer, dependency_down, embedded, screen
 from aistack.gateway.requests import LearnRequest, RequestRejected, parse_request
+from aistack.gateway.schemas import LearnAnswer
 from aistack.gateway.state import STATE, GatewayState
+from aistack.gateway.steps import body_or_answer, dependency_down, embedded, screen
 from aistack.stores import postgres
 from aistack.stores.qdrant import QdrantUnavailable
 from aistack.stores.solutions import COLLECTION, point_payload
@@ -27,8 +28,8 @@ class Learned:
     id: int
     merged_into: int | None = None
 
-    def as_json(self) -> dict[str, int]:
-        answer = {"id": self.id}
+    def as_json(self) -> LearnAnswer:
+        answer: LearnAnswer = {"id": self.id}
         if self.merged_into is not None:
             answer["merged_into"] = self.merged_into
         return answer

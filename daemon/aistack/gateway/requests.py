@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from aistack.config import ValidationConfig, normalise_text
+from aistack.gateway.schemas import ErrorItem
 
 COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 COLLECTION_DESCRIPTION = (
@@ -42,7 +43,7 @@ class Problem(NamedTuple):  # a NamedTuple: built on every refusal, and cheaper 
     msg: str
     reason: str
 
-    def as_json(self) -> dict[str, str]:
+    def as_json(self) -> ErrorItem:
         return {"loc": self.loc, "type": self.type, "msg": self.msg}
 
 

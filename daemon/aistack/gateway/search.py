@@ -1,0 +1,68 @@
+"""`POST /vector/search`: semantic search in one collection, one page at a time.
+
+`total` comes from a cached count per collection (see `state.CollectionTotals`), corrected
+by what the page itself proves; `has_more` is exact, from asking for one hit more.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from aistack.gateway.answers import json_answer, problems_answer
+from aistack.gateway.schemas import SearchAnswer
+from aistack.gateway.state import STATE
+from aistack.gateway.steps import body_or_answer, dependency_down, embedded, screen
+from aistack.stores.qdrant import QdrantUnavailable
+
+
+async def search(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await body_or_answer(state, request)
+    if isinstance(body, web.Response):
+        return body
+    # gate() has checked the key already; looking it up again costs one sha256 and
+    # keeps per-request state out of the request object.
+    grant = state.access.grant_for(request.headers.get("Authorization")) if state.access else None
+    allowed = grant.collections if grant is not None else state.collections
+    query = state.search_parser.parse(body, allowed)
+    if isinstance(query, list):
+        for problem in query:
+            state.metrics.rejected(problem.reason)
+        return problems_answer(query)
+
+    denied = screen(state, state.rules, "/vector/search", query.collection, {"query": query.query})
+    if denied:
+        return problems_answer(denied)
+    state.metrics.query_size.observe(len(query.query.encode()))
+
+    assert state.embedder is not None and state.store is not None and state.totals is not None
+    vector = await embedded(state, query.query)
+    if isinstance(vector, web.Response):
+        return vector
+    try:
+        # One more than asked for: `has_more` is then exact at the last page, whatever
+        # the cached total says.
+        hits = await state.store.search(query.collection, vector, query.limit + 1, query.offset)
+        total = await state.totals.get(query.collection)
+    except QdrantUnavailable as error:
+        return dependency_down(state, "qdrant", error)
+    has_more = len(hits) > query.limit
+    hits = hits[: query.limit]
+    answer: SearchAnswer = {
+        "results": [{"id": h.id, "score": h.score, "payload": h.payload} for h in hits],
+        "total": page_total(total, query.offset, len(hits), has_more),
+        "offset": query.offset,
+        "limit": query.limit,
+        "has_more": has_more,
+    }
+    return json_answer(answer)
+
+
+def page_total(cached: int, offset: int, returned: int, has_more: bool) -> int:
+    """The cached count, corrected by what this page proved: a page that ends short of
+    `limit + 1` hits ends the collection; a page with more proves at least that many."""
+    if has_more:
+        return max(cached, offset + returned + 1)
+    if returned:
+        return offset + returned
+    return min(cached, offset)
