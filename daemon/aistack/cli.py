@@ -142,8 +142,8 @@ def run_async(coroutine: Coroutine[Any, Any, int], config: Config | None = None)
 
 
 def run_db_migrate(args: argparse.Namespace) -> int:
+    from aistack.stores.postgres import connection
     from aistack.stores.schema import LATEST, migrate
-    from aistack.stores.solutions import connection
 
     config = _load(args)
 

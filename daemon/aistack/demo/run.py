@@ -18,6 +18,7 @@ from aistack.gateway.server import serve
 from aistack.gc.job import GcBusy, run_gc
 from aistack.ingest.jsonl import ingest, read_documents
 from aistack.observability.logs import EventLog
+from aistack.stores.postgres import connection
 from aistack.stores.private_postgres import (
     PostgresNotFound,
     PostgresStartError,
@@ -25,7 +26,6 @@ from aistack.stores.private_postgres import (
 )
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import migrate
-from aistack.stores.solutions import connection
 
 CORPUS = Path(__file__).parent / "corpus.jsonl"
 log = EventLog("demo")

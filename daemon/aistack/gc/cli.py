@@ -113,7 +113,7 @@ async def open_parts(config: Config) -> AsyncIterator[tuple[Any, Any]]:
 
 async def write_figures(config: Config, store: Any, path: Path) -> None:
     from aistack.gc.status import gather, write_metrics_file
-    from aistack.stores.solutions import connection
+    from aistack.stores.postgres import connection
 
     async with connection(config.postgres) as db:
         figures = await gather(db, store)
@@ -193,9 +193,9 @@ def run_restore_command(args: argparse.Namespace) -> int:
 def run_status_command(args: argparse.Namespace) -> int:
     from aistack.cli import run_async
     from aistack.gc.status import format_status, gather, write_metrics_file
+    from aistack.stores.postgres import connection
     from aistack.stores.qdrant import VectorStore
     from aistack.stores.schema import require_current
-    from aistack.stores.solutions import connection
 
     config = load_config(args.config)
 

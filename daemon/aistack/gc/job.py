@@ -28,10 +28,10 @@ from aistack.gc import policies
 from aistack.gc.plan import Plan, make_plan
 from aistack.observability.failpoints import failpoint
 from aistack.observability.logs import EventLog
-from aistack.stores.postgres import CONNECTION_ERRORS
+from aistack.stores.postgres import CONNECTION_ERRORS, connection
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import GC_LOCK, require_current
-from aistack.stores.solutions import COLLECTION, connection, point_payload
+from aistack.stores.solutions import COLLECTION, point_payload
 
 log = EventLog("gc")
 STATEMENT_TIMEOUT_MS = 120_000

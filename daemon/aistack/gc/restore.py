@@ -20,9 +20,10 @@ from aistack.config import Config
 from aistack.embedding import Embedder
 from aistack.gc.job import LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, Progress, try_lock
 from aistack.observability.logs import EventLog
+from aistack.stores.postgres import connection
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import require_current
-from aistack.stores.solutions import COLLECTION, COLUMNS, connection, point_payload
+from aistack.stores.solutions import COLLECTION, COLUMNS, point_payload
 
 log = EventLog("gc")
 EMBED_BATCH = 256
