@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aistack.command import config_argument
 from aistack.config import load_config
 from aistack.errors import EXIT_FAILURE, EXIT_OK
 
 
-def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(commands: Any) -> None:
     acme = commands.add_parser("acme", help="TLS certificates from an ACME CA (Let's Encrypt)")
     acme_commands = acme.add_subparsers(dest="acme_command", required=True)
 

@@ -6,11 +6,12 @@ import argparse
 import datetime
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from aistack.command import config_argument, run_async
 from aistack.config import Config, ConfigError, load_config
 from aistack.errors import EXIT_OK, Failure
 
@@ -19,7 +20,7 @@ SHOWN_IDS = 20
 LARGEST_RUN_ID = 2**63 - 1
 
 
-def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(commands: Any) -> None:
     gc = commands.add_parser("gc", help="garbage collection of the learning store")
     gc_commands = gc.add_subparsers(dest="gc_command", required=True)
 
@@ -145,7 +146,6 @@ def format_run(result: Any) -> str:
 
 
 def run_gc_command(args: argparse.Namespace) -> int:
-    from aistack.cli import run_async
     from aistack.gc.job import GcBusy, run_gc
 
     config = load_config(args.config)
@@ -169,7 +169,6 @@ def run_gc_command(args: argparse.Namespace) -> int:
 
 
 def run_restore_command(args: argparse.Namespace) -> int:
-    from aistack.cli import run_async
     from aistack.gc.job import GcBusy
     from aistack.gc.restore import NothingToRestore, Selection, restore
 
@@ -191,7 +190,6 @@ def run_restore_command(args: argparse.Namespace) -> int:
 
 
 def run_status_command(args: argparse.Namespace) -> int:
-    from aistack.cli import run_async
     from aistack.gc.status import format_status, gather, write_metrics_file
     from aistack.stores.postgres import connection
     from aistack.stores.qdrant import VectorStore
