@@ -13,7 +13,7 @@ from aistack import __version__
 from aistack.acme.cli import register as register_acme
 from aistack.command import config_argument, run_async
 from aistack.config import COLLECTION_NAME, Config, ConfigError, load_config, redacted
-from aistack.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Failure
+from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
 from aistack.gc.cli import register as register_gc
 from aistack.observability.logs import EventLog, setup_logging
 
@@ -83,12 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except ConfigError as error:
-        print(f"aistack: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except Failure as error:
-        print(f"aistack: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+    except Failure as failure:
+        print(f"aistack: {failure}", file=sys.stderr)
+        return failure.exit_code
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
@@ -140,7 +137,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from aistack.embedding import open_embedder
-    from aistack.ingest.jsonl import IngestError, ingest, read_documents
+    from aistack.ingest.jsonl import ingest, read_documents
     from aistack.stores.qdrant import VectorStore
 
     config = _load(args)
@@ -152,10 +149,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             collection=args.collection,
             hint="add it to validation.collections or the gateway will not search it",
         )
-    try:
-        documents = read_documents(args.file)
-    except IngestError as error:
-        raise ConfigError(str(error)) from None
+    documents = read_documents(args.file)
     if not documents:
         raise ConfigError(f"{args.file}: no documents")
 
@@ -179,9 +173,6 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from aistack.demo.run import DemoError, run_demo_stack
+    from aistack.demo.run import run_demo_stack
 
-    try:
-        return run_async(run_demo_stack(args.listen, args.dir))
-    except DemoError as error:
-        raise Failure(str(error)) from None
+    return run_async(run_demo_stack(args.listen, args.dir))

@@ -22,24 +22,12 @@ def config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_async(coroutine: Coroutine[Any, Any, int], config: Config | None = None) -> int:
-    """Run a command's coroutine; dependency failures become one-line messages (exit 1)."""
-    from aistack.embedding import EmbedderError, EmbedderUnavailable
+    """Run a command's coroutine. The project's failures say themselves (`Failure`); what
+    asyncpg and the OS raise when PostgreSQL cannot be reached becomes one line (exit 1)."""
     from aistack.stores.postgres import CONNECTION_ERRORS
-    from aistack.stores.qdrant import QdrantUnavailable, StoreLocked, StoreUnwritable
-    from aistack.stores.schema import SchemaError
 
     try:
         return asyncio.run(coroutine)
-    except (
-        EmbedderError,
-        EmbedderUnavailable,
-        QdrantUnavailable,
-        StoreLocked,
-        StoreUnwritable,
-    ) as error:
-        raise Failure(str(error)) from None
-    except SchemaError as error:
-        raise Failure(str(error)) from None
     except CONNECTION_ERRORS as error:
         where = redact_dsn(config.postgres.dsn) if config else "PostgreSQL"
         raise Failure(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aistack.command import config_argument, run_async
-from aistack.config import Config, ConfigError, load_config
+from aistack.config import Config, load_config
 from aistack.errors import EXIT_OK, Failure
 
 SHOWN_IDS = 20
@@ -158,7 +158,7 @@ def run_gc_command(args: argparse.Namespace) -> int:
                 )
             except GcBusy as busy:
                 # The timer fired while a pass (or a restore) runs: that one does the work.
-                print(f"aistack: gc: {busy}; nothing done", file=sys.stderr)
+                print(f"aistack: gc: {busy.reason}; nothing done", file=sys.stderr)
                 return EXIT_OK
             if args.metrics_file and not args.dry_run:
                 await write_figures(config, store, args.metrics_file)
@@ -169,20 +169,14 @@ def run_gc_command(args: argparse.Namespace) -> int:
 
 
 def run_restore_command(args: argparse.Namespace) -> int:
-    from aistack.gc.job import GcBusy
-    from aistack.gc.restore import NothingToRestore, Selection, restore
+    from aistack.gc.restore import Selection, restore
 
     config = load_config(args.config)
     selection = Selection(run_id=args.run_id, since=args.since, reason=args.reason)
 
     async def run() -> int:
         async with open_parts(config) as (store, embedder):
-            try:
-                restored = await restore(config, store, embedder, selection)
-            except GcBusy as busy:
-                raise Failure(f"gc restore: {busy}; try again when it has finished") from None
-            except NothingToRestore as nothing:
-                raise ConfigError(f"gc restore: {nothing}") from None
+            restored = await restore(config, store, embedder, selection)
         print(f"aistack: restored {restored} rows ({selection.describe()})")
         return EXIT_OK
 

@@ -18,6 +18,7 @@ import asyncpg
 
 from aistack.config import Config
 from aistack.embedding import Embedder
+from aistack.errors import UsageError
 from aistack.gc.job import LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, Progress, try_lock
 from aistack.observability.logs import EventLog
 from aistack.stores.postgres import connection
@@ -29,7 +30,7 @@ log = EventLog("gc")
 EMBED_BATCH = 256
 
 
-class NothingToRestore(Exception):
+class NothingToRestore(UsageError):
     """The selection matches no archived row."""
 
 
@@ -77,7 +78,7 @@ async def restore(
         config.postgres, statement_timeout_ms=STATEMENT_TIMEOUT_MS, lock_timeout_ms=LOCK_TIMEOUT_MS
     ) as db:
         await require_current(db)
-        await try_lock(db)
+        await try_lock(db, "gc restore")
         where, values = selection.where()
         archived = await db.fetch(
             f"SELECT batch_id, cardinality(ids) AS rows FROM solved_issues_archive"
@@ -85,7 +86,7 @@ async def restore(
             *values,
         )
         if not archived:
-            raise NothingToRestore(f"no archived rows match {selection.describe()}")
+            raise NothingToRestore(f"gc restore: no archived rows match {selection.describe()}")
         total = sum(batch["rows"] for batch in archived)
         await store.ensure_collection(COLLECTION, embedder.dimension)
         restored = 0

@@ -13,6 +13,7 @@ from typing import TypedDict
 import asyncpg
 
 from aistack.config import PostgresConfig, read_secret
+from aistack.errors import Failure
 from aistack.observability.logs import EventLog
 from aistack.stores.schema import SchemaError, require_current
 
@@ -29,7 +30,7 @@ CONNECTION_ERRORS = (
 )
 
 
-class PostgresUnavailable(Exception):
+class PostgresUnavailable(Failure):
     """PostgreSQL did not answer; the caller may retry later."""
 
 
