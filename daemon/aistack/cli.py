@@ -4,32 +4,20 @@ usage or bad configuration; every error names what was wrong and what to do."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aistack import __version__
-from aistack.config import (
-    COLLECTION_NAME,
-    Config,
-    ConfigError,
-    load_config,
-    redact_dsn,
-    redacted,
-)
-from aistack.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Failure
+from aistack.acme.cli import register as register_acme
+from aistack.command import config_argument, run_async
+from aistack.config import COLLECTION_NAME, Config, ConfigError, load_config, redacted
+from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
+from aistack.gc.cli import register as register_gc
 from aistack.observability.logs import EventLog, setup_logging
 
 log = EventLog("cli")
-
-
-def config_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", required=True, metavar="FILE", help="configuration file (.toml or .json)"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_argument(migrate)
     migrate.set_defaults(run=run_db_migrate)
 
-    from aistack.gc.cli import register as register_gc
-
-    register_gc(commands, config_argument)
-
-    from aistack.acme.cli import register as register_acme
-
-    register_acme(commands, config_argument)
+    register_gc(commands)
+    register_acme(commands)
     return parser
 
 
@@ -100,12 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except ConfigError as error:
-        print(f"aistack: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except Failure as error:
-        print(f"aistack: {error}", file=sys.stderr)
-        return EXIT_FAILURE
+    except Failure as failure:
+        print(f"aistack: {failure}", file=sys.stderr)
+        return failure.exit_code
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
@@ -114,36 +94,9 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config)
 
 
-def run_async(coroutine: Coroutine[Any, Any, int], config: Config | None = None) -> int:
-    """Run a command's coroutine; dependency failures become one-line messages (exit 1)."""
-    from aistack.embedding import EmbedderError, EmbedderUnavailable
-    from aistack.stores.postgres import CONNECTION_ERRORS
-    from aistack.stores.qdrant import QdrantUnavailable, StoreLocked, StoreUnwritable
-    from aistack.stores.schema import SchemaError
-
-    try:
-        return asyncio.run(coroutine)
-    except (
-        EmbedderError,
-        EmbedderUnavailable,
-        QdrantUnavailable,
-        StoreLocked,
-        StoreUnwritable,
-    ) as error:
-        raise Failure(str(error)) from None
-    except SchemaError as error:
-        raise Failure(str(error)) from None
-    except CONNECTION_ERRORS as error:
-        where = redact_dsn(config.postgres.dsn) if config else "PostgreSQL"
-        raise Failure(
-            f"PostgreSQL ({where}): {error.__class__.__name__}: {error}; "
-            "is it running, and does postgres.dsn point at it?"
-        ) from None
-
-
 def run_db_migrate(args: argparse.Namespace) -> int:
+    from aistack.stores.postgres import connection
     from aistack.stores.schema import LATEST, migrate
-    from aistack.stores.solutions import connection
 
     config = _load(args)
 
@@ -184,7 +137,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from aistack.embedding import open_embedder
-    from aistack.ingest.jsonl import IngestError, ingest, read_documents
+    from aistack.ingest.jsonl import ingest, read_documents
     from aistack.stores.qdrant import VectorStore
 
     config = _load(args)
@@ -196,10 +149,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             collection=args.collection,
             hint="add it to validation.collections or the gateway will not search it",
         )
-    try:
-        documents = read_documents(args.file)
-    except IngestError as error:
-        raise ConfigError(str(error)) from None
+    documents = read_documents(args.file)
     if not documents:
         raise ConfigError(f"{args.file}: no documents")
 
@@ -223,9 +173,6 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from aistack.demo.run import DemoError, run_demo_stack
+    from aistack.demo.run import run_demo_stack
 
-    try:
-        return run_async(run_demo_stack(args.listen, args.dir))
-    except DemoError as error:
-        raise Failure(str(error)) from None
+    return run_async(run_demo_stack(args.listen, args.dir))

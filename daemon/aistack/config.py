@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from aistack.errors import UsageError
+
 # Patterns are used with fullmatch: `$` would also match before a trailing newline.
 COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RATE_LIMIT = re.compile(r"\s*(\d+)\s*/\s*(second|minute|hour|day)\s*")
@@ -43,7 +45,7 @@ INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
 STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """A configuration that cannot be used. `str()` is the message for the user."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aistack.config import AcmeConfig, parse_listen_address
+from aistack.errors import Failure
 from aistack.observability.logs import EventLog
 
 log = EventLog("acme")
@@ -28,7 +29,7 @@ class Responder(Protocol):
     def close(self) -> None: ...
 
 
-class ChallengeSetupError(Exception):
+class ChallengeSetupError(Failure):
     """The responder cannot be set up (webroot not writable, port taken)."""
 
 

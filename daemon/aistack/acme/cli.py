@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aistack.command import config_argument
 from aistack.config import load_config
-from aistack.errors import EXIT_FAILURE, EXIT_OK
+from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
 
 
-def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(commands: Any) -> None:
     acme = commands.add_parser("acme", help="TLS certificates from an ACME CA (Let's Encrypt)")
     acme_commands = acme.add_subparsers(dest="acme_command", required=True)
 
@@ -110,15 +110,10 @@ def run_reload(args: argparse.Namespace) -> int:
     try:
         result = subprocess.run(["systemctl", "try-reload-or-restart", *args.units])
     except OSError as error:
-        print(f"aistack: cannot run systemctl: {error.strerror}", file=sys.stderr)
-        return EXIT_FAILURE
+        raise Failure(f"cannot run systemctl: {error.strerror}") from None
     if result.returncode != 0:
         # The marker stays: the next run tries the reload again.
-        print(
-            f"aistack: systemctl try-reload-or-restart failed ({result.returncode})",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        raise Failure(f"systemctl try-reload-or-restart failed ({result.returncode})")
     marker.unlink(missing_ok=True)
     print(f"{config.certificate_name}: reloaded {' '.join(args.units)}", file=sys.stderr)
     return EXIT_OK

@@ -27,6 +27,7 @@ from aistack import __version__
 from aistack.acme import keys
 from aistack.acme.challenges import Responder
 from aistack.config import AcmeConfig, read_secret
+from aistack.errors import Failure
 from aistack.observability.logs import EventLog
 
 log = EventLog("acme")
@@ -37,7 +38,7 @@ ORDER_DEADLINE_SECONDS = 120.0
 NONCE_RETRIES = 4
 
 
-class AcmeFailure(Exception):
+class AcmeFailure(Failure):
     """An ACME step failed. `problem` is the CA's problem document, when it sent one."""
 
     def __init__(

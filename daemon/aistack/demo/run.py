@@ -14,18 +14,15 @@ from pathlib import Path
 
 from aistack.config import Config, ConfigError, parse_listen_address, validate_config
 from aistack.embedding import Embedder, open_embedder
+from aistack.errors import Failure
 from aistack.gateway.server import serve
 from aistack.gc.job import GcBusy, run_gc
 from aistack.ingest.jsonl import ingest, read_documents
 from aistack.observability.logs import EventLog
-from aistack.stores.private_postgres import (
-    PostgresNotFound,
-    PostgresStartError,
-    PrivatePostgres,
-)
+from aistack.stores.postgres import connection
+from aistack.stores.private_postgres import PrivatePostgres
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import migrate
-from aistack.stores.solutions import connection
 
 CORPUS = Path(__file__).parent / "corpus.jsonl"
 log = EventLog("demo")
@@ -33,10 +30,6 @@ LEARN_FIRST = '{"query": "How to install vim", "solution": "pkgs.vim", "value_sc
 LEARN_AGAIN = '{"query": "how to install vim?", "solution": "programs.vim", "value_score": 0.9}'
 
 GC_INTERVAL_SECONDS = 600
-
-
-class DemoError(Exception):
-    pass
 
 
 def demo_config(directory: Path, listen: str, dsn: str) -> Config:
@@ -116,7 +109,7 @@ def check_listen_address(listen: str) -> None:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
     except OSError as error:
-        raise DemoError(cannot_listen(listen, error)) from None
+        raise Failure(cannot_listen(listen, error)) from None
 
 
 def cannot_listen(listen: str, error: OSError) -> str:
@@ -154,10 +147,7 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
     postgres = PrivatePostgres(directory / "postgres")
     try:
         print(f"aistack demo: starting PostgreSQL in {directory / 'postgres'}", file=sys.stderr)
-        try:
-            await start_postgres(postgres)
-        except (PostgresNotFound, PostgresStartError) as error:
-            raise DemoError(str(error)) from None
+        await start_postgres(postgres)
         config = demo_config(directory, listen, postgres.dsn)
         async with connection(config.postgres) as db:
             await migrate(db)
@@ -177,7 +167,7 @@ async def run_demo_stack(listen: str, keep_dir: Path | None) -> int:
             try:
                 await serve(config, embedder=embedder, store=store)
             except OSError as error:  # taken since check_listen_address
-                raise DemoError(cannot_listen(listen, error)) from None
+                raise Failure(cannot_listen(listen, error)) from None
             finally:
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

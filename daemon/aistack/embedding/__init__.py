@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from aistack.config import EmbeddingConfig
+from aistack.errors import Failure
 
 
-class EmbedderUnavailable(Exception):
+class EmbedderUnavailable(Failure):
     """The embedder cannot answer now (server down, timeout); the caller may retry later."""
 
 
-class EmbedderError(Exception):
+class EmbedderError(Failure):
     """The embedder cannot be set up (missing or altered model files, wrong dimension)."""
 
 

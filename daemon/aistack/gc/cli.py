@@ -6,12 +6,13 @@ import argparse
 import datetime
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from aistack.config import Config, ConfigError, load_config
+from aistack.command import config_argument, run_async
+from aistack.config import Config, load_config
 from aistack.errors import EXIT_OK, Failure
 
 SHOWN_IDS = 20
@@ -19,7 +20,7 @@ SHOWN_IDS = 20
 LARGEST_RUN_ID = 2**63 - 1
 
 
-def register(commands: Any, config_argument: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(commands: Any) -> None:
     gc = commands.add_parser("gc", help="garbage collection of the learning store")
     gc_commands = gc.add_subparsers(dest="gc_command", required=True)
 
@@ -113,7 +114,7 @@ async def open_parts(config: Config) -> AsyncIterator[tuple[Any, Any]]:
 
 async def write_figures(config: Config, store: Any, path: Path) -> None:
     from aistack.gc.status import gather, write_metrics_file
-    from aistack.stores.solutions import connection
+    from aistack.stores.postgres import connection
 
     async with connection(config.postgres) as db:
         figures = await gather(db, store)
@@ -145,7 +146,6 @@ def format_run(result: Any) -> str:
 
 
 def run_gc_command(args: argparse.Namespace) -> int:
-    from aistack.cli import run_async
     from aistack.gc.job import GcBusy, run_gc
 
     config = load_config(args.config)
@@ -158,7 +158,7 @@ def run_gc_command(args: argparse.Namespace) -> int:
                 )
             except GcBusy as busy:
                 # The timer fired while a pass (or a restore) runs: that one does the work.
-                print(f"aistack: gc: {busy}; nothing done", file=sys.stderr)
+                print(f"aistack: gc: {busy.reason}; nothing done", file=sys.stderr)
                 return EXIT_OK
             if args.metrics_file and not args.dry_run:
                 await write_figures(config, store, args.metrics_file)
@@ -169,21 +169,14 @@ def run_gc_command(args: argparse.Namespace) -> int:
 
 
 def run_restore_command(args: argparse.Namespace) -> int:
-    from aistack.cli import run_async
-    from aistack.gc.job import GcBusy
-    from aistack.gc.restore import NothingToRestore, Selection, restore
+    from aistack.gc.restore import Selection, restore
 
     config = load_config(args.config)
     selection = Selection(run_id=args.run_id, since=args.since, reason=args.reason)
 
     async def run() -> int:
         async with open_parts(config) as (store, embedder):
-            try:
-                restored = await restore(config, store, embedder, selection)
-            except GcBusy as busy:
-                raise Failure(f"gc restore: {busy}; try again when it has finished") from None
-            except NothingToRestore as nothing:
-                raise ConfigError(f"gc restore: {nothing}") from None
+            restored = await restore(config, store, embedder, selection)
         print(f"aistack: restored {restored} rows ({selection.describe()})")
         return EXIT_OK
 
@@ -191,11 +184,10 @@ def run_restore_command(args: argparse.Namespace) -> int:
 
 
 def run_status_command(args: argparse.Namespace) -> int:
-    from aistack.cli import run_async
     from aistack.gc.status import format_status, gather, write_metrics_file
+    from aistack.stores.postgres import connection
     from aistack.stores.qdrant import VectorStore
     from aistack.stores.schema import require_current
-    from aistack.stores.solutions import connection
 
     config = load_config(args.config)
 

@@ -24,22 +24,28 @@ import asyncpg
 
 from aistack.config import Config
 from aistack.embedding import Embedder
+from aistack.errors import Failure
 from aistack.gc import policies
 from aistack.gc.plan import Plan, make_plan
 from aistack.observability.failpoints import failpoint
 from aistack.observability.logs import EventLog
-from aistack.stores.postgres import CONNECTION_ERRORS
+from aistack.stores.postgres import CONNECTION_ERRORS, connection
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import GC_LOCK, require_current
-from aistack.stores.solutions import COLLECTION, connection, point_payload
+from aistack.stores.solutions import COLLECTION, point_payload
 
 log = EventLog("gc")
 STATEMENT_TIMEOUT_MS = 120_000
 LOCK_TIMEOUT_MS = 5_000
 
 
-class GcBusy(Exception):
-    """Another GC pass (or a restore) holds the lock."""
+class GcBusy(Failure):
+    """Another GC pass (or a restore) holds the lock; `reason` says which. The message is
+    what `command` tells its user when it cannot wait for the other to finish."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        super().__init__(f"{command}: {reason}; try again when it has finished")
+        self.reason = reason
 
 
 @dataclass
@@ -78,7 +84,8 @@ class Progress:
         self._stream.flush()
 
 
-async def try_lock(connection: asyncpg.Connection) -> None:
+async def try_lock(connection: asyncpg.Connection, command: str) -> None:
+    """Take the GC's lock for `command` (`gc run`, `gc restore`), or raise GcBusy."""
     if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", GC_LOCK):
         running = await connection.fetchrow(
             "SELECT id, started_at FROM gc_runs WHERE status = 'running' ORDER BY id DESC LIMIT 1"
@@ -86,7 +93,7 @@ async def try_lock(connection: asyncpg.Connection) -> None:
         since = ""
         if running is not None:
             since = f" (run {running['id']}, started {running['started_at']:%Y-%m-%d %H:%M:%S%z})"
-        raise GcBusy("another GC run or restore is in progress" + since)
+        raise GcBusy(command, "another GC run or restore is in progress" + since)
 
 
 async def run_gc(
@@ -112,7 +119,7 @@ async def run_gc(
             result = RunResult(None, True, plan, time.monotonic() - started)
             log.info("gc.dry_run", **plan.counts())
             return result
-        await try_lock(db)
+        await try_lock(db, "gc run")
         # Holding the lock, any run still marked running died without saying so.
         await db.execute(
             "UPDATE gc_runs SET status = 'interrupted', finished_at = now()"

@@ -18,17 +18,19 @@ import asyncpg
 
 from aistack.config import Config
 from aistack.embedding import Embedder
+from aistack.errors import UsageError
 from aistack.gc.job import LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, Progress, try_lock
 from aistack.observability.logs import EventLog
+from aistack.stores.postgres import connection
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import require_current
-from aistack.stores.solutions import COLLECTION, COLUMNS, connection, point_payload
+from aistack.stores.solutions import COLLECTION, COLUMNS, point_payload
 
 log = EventLog("gc")
 EMBED_BATCH = 256
 
 
-class NothingToRestore(Exception):
+class NothingToRestore(UsageError):
     """The selection matches no archived row."""
 
 
@@ -76,7 +78,7 @@ async def restore(
         config.postgres, statement_timeout_ms=STATEMENT_TIMEOUT_MS, lock_timeout_ms=LOCK_TIMEOUT_MS
     ) as db:
         await require_current(db)
-        await try_lock(db)
+        await try_lock(db, "gc restore")
         where, values = selection.where()
         archived = await db.fetch(
             f"SELECT batch_id, cardinality(ids) AS rows FROM solved_issues_archive"
@@ -84,7 +86,7 @@ async def restore(
             *values,
         )
         if not archived:
-            raise NothingToRestore(f"no archived rows match {selection.describe()}")
+            raise NothingToRestore(f"gc restore: no archived rows match {selection.describe()}")
         total = sum(batch["rows"] for batch in archived)
         await store.ensure_collection(COLLECTION, embedder.dimension)
         restored = 0

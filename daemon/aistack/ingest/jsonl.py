@@ -17,12 +17,13 @@ from typing import Annotated, Any, TextIO
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from aistack.embedding import Embedder
+from aistack.errors import UsageError
 from aistack.stores.qdrant import VectorStore, point_id
 
 BATCH = 64
 
 
-class IngestError(Exception):
+class IngestError(UsageError):
     """A file that cannot be ingested; the message names the line."""
 
 

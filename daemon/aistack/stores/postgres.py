@@ -1,13 +1,19 @@
-"""PostgreSQL through an asyncpg pool: the source of truth of the learning store."""
+"""PostgreSQL through asyncpg: the source of truth of the learning store.
+
+The one door in: the gateway's pool and the batch jobs' dedicated connections both reach
+the server with `connect_parameters`, the only reader of `postgres.password_file`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 import asyncpg
 
 from aistack.config import PostgresConfig, read_secret
+from aistack.errors import Failure
 from aistack.observability.logs import EventLog
 from aistack.stores.schema import SchemaError, require_current
 
@@ -24,17 +30,47 @@ CONNECTION_ERRORS = (
 )
 
 
-class PostgresUnavailable(Exception):
+class PostgresUnavailable(Failure):
     """PostgreSQL did not answer; the caller may retry later."""
+
+
+class ConnectParameters(TypedDict):
+    dsn: str
+    password: str | None
+
+
+def connect_parameters(config: PostgresConfig) -> ConnectParameters:
+    """The DSN, and the password from `postgres.password_file` if one is named (else asyncpg
+    looks where libpq would: the DSN, $PGPASSWORD, ~/.pgpass)."""
+    password = read_secret(config.password_file) if config.password_file else None
+    return ConnectParameters(dsn=config.dsn, password=password)
 
 
 async def open_pool(config: PostgresConfig, max_size: int = 10) -> asyncpg.Pool:
     """A pool that connects on first use: the gateway starts (and says it is not ready)
     while PostgreSQL is still coming up, instead of failing its unit."""
-    password = read_secret(config.password_file) if config.password_file else None
     return await asyncpg.create_pool(
-        config.dsn, password=password, min_size=0, max_size=max_size, command_timeout=10
+        **connect_parameters(config), min_size=0, max_size=max_size, command_timeout=10
     )
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    config: PostgresConfig, *, statement_timeout_ms: int = 0, lock_timeout_ms: int = 0
+) -> AsyncIterator[asyncpg.Connection]:
+    """One dedicated connection (batch jobs hold advisory locks, which live on one)."""
+    settings = {"application_name": "aistack"}
+    if statement_timeout_ms:
+        settings["statement_timeout"] = str(statement_timeout_ms)
+    if lock_timeout_ms:
+        settings["lock_timeout"] = str(lock_timeout_ms)
+    connection = await asyncpg.connect(
+        **connect_parameters(config), server_settings=settings, timeout=10
+    )
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 async def refuse_wrong_schema(pool: asyncpg.Pool, seconds: float = 5.0) -> None:

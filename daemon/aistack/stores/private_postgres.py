@@ -21,17 +21,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aistack.errors import Failure
+
 START_TIMEOUT_SECONDS = 60
 # How long a server pg_ctl gave up waiting for may take to write its pid file.
 PID_FILE_WAIT_SECONDS = 10
 DATABASE = "aistack"
 
 
-class PostgresNotFound(Exception):
+class PostgresNotFound(Failure):
     """No PostgreSQL server binaries on this machine."""
 
 
-class PostgresStartError(Exception):
+class PostgresStartError(Failure):
     """initdb or the server failed; the message carries the end of its log."""
 
 

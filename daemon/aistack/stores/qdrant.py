@@ -22,6 +22,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from aistack.config import QdrantConfig, read_secret
+from aistack.errors import Failure
 
 T = TypeVar("T")
 ID_NAMESPACE = uuid.UUID("5d6c7b1e-2f1a-4c59-9a53-6e3f1d2b7a10")
@@ -44,15 +45,15 @@ def is_loopback(url: str | None) -> bool:
         return False
 
 
-class QdrantUnavailable(Exception):
+class QdrantUnavailable(Failure):
     """Qdrant did not answer (server down, timeout); the caller may retry later."""
 
 
-class StoreLocked(Exception):
+class StoreLocked(Failure):
     """A local-mode store that another process holds."""
 
 
-class StoreUnwritable(Exception):
+class StoreUnwritable(Failure):
     """A local-mode store whose directory cannot be created or written."""
 
 

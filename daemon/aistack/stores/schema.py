@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from aistack.errors import Failure
+
 # pg_advisory_lock keys: one per job that must not run twice at once.
 MIGRATE_LOCK = 0x61697374_00000001
 GC_LOCK = 0x61697374_00000002
@@ -93,7 +95,7 @@ MIGRATIONS: tuple[str, ...] = (
 LATEST = len(MIGRATIONS)
 
 
-class SchemaError(Exception):
+class SchemaError(Failure):
     """The database schema is not the one this aistack works with; the message says why."""
 
 

@@ -8,13 +8,7 @@ Shared by the gateway (which writes rows) and the GC (which removes and restores
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
-
-import asyncpg
-
-from aistack.config import PostgresConfig, read_secret
 
 COLLECTION = "solved_issues"
 COLUMNS = "id, query, solution, value_score, created_at"
@@ -34,23 +28,3 @@ def payload_created_at(payload: dict[str, Any]) -> datetime.datetime | None:
     except ValueError:
         return None
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.UTC)
-
-
-@asynccontextmanager
-async def connection(
-    config: PostgresConfig, *, statement_timeout_ms: int = 0, lock_timeout_ms: int = 0
-) -> AsyncIterator[asyncpg.Connection]:
-    """One dedicated connection (batch jobs hold advisory locks, which live on one)."""
-    password = read_secret(config.password_file) if config.password_file else None
-    settings = {"application_name": "aistack"}
-    if statement_timeout_ms:
-        settings["statement_timeout"] = str(statement_timeout_ms)
-    if lock_timeout_ms:
-        settings["lock_timeout"] = str(lock_timeout_ms)
-    connection = await asyncpg.connect(
-        config.dsn, password=password, server_settings=settings, timeout=10
-    )
-    try:
-        yield connection
-    finally:
-        await connection.close()
