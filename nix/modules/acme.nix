@@ -47,6 +47,7 @@ in
 {
   imports = daemonKeys.moved [ "services" "aiStack" "acme" ] {
     staging = "acme.staging";
+    keyType = "acme.key_type";
     renewBeforeDays = "acme.renew_before_days";
   };
 
@@ -70,12 +71,6 @@ in
       type = types.nullOr types.path;
       default = null;
       description = "Trust roots for a private ACME server's HTTPS API (public: it may be in the store).";
-    };
-
-    keyType = mkOption {
-      type = types.enum [ "ec256" "ec384" "rsa2048" "rsa4096" ];
-      default = "ec256";
-      description = "Certificate key type; changing it brings a new certificate.";
     };
 
     # The module's own list, not a copy of the daemon's: it sets up port 80 (nginx, or the
@@ -174,7 +169,6 @@ in
       services.aiStack.settings.acme = daemonKeys.settings keys cfg // {
         domains = cfg.domains;
         accept_terms = cfg.acceptTerms;
-        key_type = cfg.keyType;
         challenge = cfg.challenge;
         webroot = webroot;
         cert_dir = certDir;

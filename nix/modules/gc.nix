@@ -34,7 +34,7 @@ let
     };
     minValueScore = {
       key = "min_value_score";
-      type = types.numbers.between 0 1;
+      type = types.number;
       description = "Old rows scored below this expire.";
       example = 0.5;
     };

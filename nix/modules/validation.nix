@@ -23,7 +23,7 @@ let
   keys = {
     collections = {
       key = "collections";
-      type = types.listOf (types.strMatching "[A-Za-z0-9_-]{1,64}");
+      type = types.listOf types.str;
       description = "The collections searches may name; any other name is refused (422).";
       example = [
         "nixos_docs"
