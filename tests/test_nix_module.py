@@ -12,12 +12,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aistack.config import ConfigError, validate_config
+from aistack.config import ConfigError, load_config, validate_config
 from tests.tools import tool_missing
 
 ROOT = Path(__file__).parents[1]
@@ -224,6 +225,110 @@ def test_rendered_settings_are_a_valid_daemon_config():
     assert config.gateway.trusted_proxies == ["127.0.0.1/32", "::1/128"]
 
 
+def build_config_file(out: dict[str, Any], directory: Path) -> subprocess.CompletedProcess[str]:
+    """The module's build step of `configFile` as a Nix builder runs it (bash under stdenv's
+    `set -euo pipefail`), on the rendered settings, with this checkout's daemon as `aistack`."""
+    build = out["configBuild"]
+    rendered = directory / "aistack.json"
+    rendered.write_text(json.dumps(out["settings"]))
+    bin_directory = directory / "bin"
+    bin_directory.mkdir()
+    aistack = bin_directory / "aistack"
+    aistack.write_text(f'#!/bin/sh\nexec {sys.executable} -m aistack "$@"\n')
+    aistack.chmod(0o755)
+    return subprocess.run(
+        [
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            build["script"].replace(build["settingsFile"], str(rendered)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "PATH": f"{bin_directory}:{os.environ['PATH']}",
+            "PYTHONPATH": str(ROOT / "daemon"),
+            "out": str(directory / "out"),
+        },
+    )
+
+
+def test_the_build_checks_the_rendered_settings_and_installs_them(tmp_path):
+    out = evaluate(FULL)
+    build = build_config_file(out, tmp_path)
+    assert build.returncode == 0, build.stderr
+    assert json.loads((tmp_path / "out").read_text()) == out["settings"]
+
+
+@pytest.mark.parametrize(
+    ("configuration", "named"),
+    [
+        # The module's own pattern once let this through; the daemon refuses it.
+        (
+            'validation = { enable = true; rateLimits = [ "0/minute" ]; };',
+            "validation.rate_limits: '0/minute'",
+        ),
+        ("validation = { enable = true; maxQueryChars = 0; };", "validation.max_query_chars: "),
+        ("gc = { enable = true; pruneFraction = 1; };", "gc.prune_fraction: "),
+        # These three were refused at evaluation by the module's copies of the daemon's rules.
+        (
+            'validation = { enable = true; collections = [ "bad name!" ]; };',
+            "validation.collections: 'bad name!'",
+        ),
+        ('acme.keyType = "dsa";', "acme.key_type: "),
+        ("gc = { enable = true; minValueScore = 1.5; };", "gc.min_value_score: "),
+    ],
+)
+def test_a_value_the_daemon_refuses_fails_the_build_in_its_words(configuration, named, tmp_path):
+    out = evaluate(f"{{ services.aiStack = {{ enable = true; {configuration} }}; }}")
+    assert out["failedAssertions"] == []
+    build = build_config_file(out, tmp_path)
+    assert build.returncode == 2, build.stderr
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path / "aistack.json")
+    assert named in str(refused.value)
+    assert f"aistack: {refused.value}" in build.stderr, build.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "nix_value", "key", "value"),
+    [
+        ("validation.maxBodyBytes", "65536", "gateway.max_body_bytes", 65536),
+        (
+            "validation.rateLimitStorage",
+            '"redis://127.0.0.1:6379"',
+            "validation.rate_limit_storage",
+            "redis://127.0.0.1:6379",
+        ),
+        (
+            "validation.trustedProxies",
+            '[ "10.0.0.0/8" ]',
+            "gateway.trusted_proxies",
+            ["10.0.0.0/8"],
+        ),
+        ("gc.orphanCleanup", "false", "gc.orphan_cleanup", False),
+        ("gc.archiveDays", "60", "gc.archive_days", 60),
+        ("acme.staging", "true", "acme.staging", True),
+        ("acme.keyType", '"rsa2048"', "acme.key_type", "rsa2048"),
+        ("acme.renewBeforeDays", "20", "acme.renew_before_days", 20),
+    ],
+)
+def test_an_option_moved_into_settings_still_sets_its_key_and_says_where(
+    option, nix_value, key, value
+):
+    out = evaluate(f"{{ services.aiStack = {{ enable = true; {option} = {nix_value}; }}; }}")
+    section, name = key.split(".")
+    assert out["settings"][section][name] == value
+    assert any(
+        f"services.aiStack.{option}" in text and f"services.aiStack.settings.{key}" in text
+        for text in out["warnings"]
+    ), out["warnings"]
+
+
 def test_a_settings_typo_is_caught_by_the_daemons_check():
     settings = evaluate(
         '{ services.aiStack = { enable = true; settings.validation.deny_actoin = "log"; }; }'
@@ -281,12 +386,6 @@ def test_assertions_say_what_to_do(configuration, message):
     ("configuration", "error"),
     [
         ("{ services.aiStack.gc.maxSolution = 5; }", "maxSolution' does not exist"),
-        (
-            '{ services.aiStack.validation.collections = [ "bad name!" ]; }',
-            "is not of type",
-        ),
-        ('{ services.aiStack.acme.keyType = "dsa"; }', "is not of type"),
-        ("{ services.aiStack.gc.minValueScore = 1.5; }", "is not of type"),
         # Secrets: a path literal would be copied into the world-readable store.
         ("{ services.aiStack.postgres.passwordFile = ./pg; }", "not in the Nix store"),
         (

@@ -25,9 +25,33 @@ let
   upstream = "http://${gatewayAddress}";
   metricsFile = "${top.metricsDirectory}/aistack-acme.prom";
   standalone = cfg.challenge == "standalone";
+  daemonKeys = import ./daemon-keys.nix { inherit lib; };
+
+  # The keys of `acme` a user sets most, as options; the others are set in `settings` under
+  # their own names.
+  keys = {
+    email = {
+      key = "email";
+      type = types.str;
+      description = "Contact address given to the CA (changing it updates the account).";
+      example = "admin@example.org";
+    };
+    server = {
+      key = "directory_url";
+      type = types.str;
+      description = "ACME directory URL.";
+      example = "https://acme.zerossl.com/v2/DV90";
+    };
+  };
 in
 {
-  options.services.aiStack.acme = {
+  imports = daemonKeys.moved [ "services" "aiStack" "acme" ] {
+    staging = "acme.staging";
+    keyType = "acme.key_type";
+    renewBeforeDays = "acme.renew_before_days";
+  };
+
+  options.services.aiStack.acme = daemonKeys.options "acme" keys // {
     enable = mkEnableOption "native ACME (RFC 8555) certificates that renew themselves";
 
     domains = mkOption {
@@ -37,29 +61,10 @@ in
       description = "Names on the certificate; the first one names it (`/var/lib/aistack/certs/<first>/`).";
     };
 
-    email = mkOption {
-      type = types.str;
-      default = "";
-      example = "admin@example.org";
-      description = "Contact address given to the CA (changing it updates the account).";
-    };
-
     acceptTerms = mkOption {
       type = types.bool;
       default = false;
       description = "Accept the CA's terms of service (required to create an account).";
-    };
-
-    server = mkOption {
-      type = types.str;
-      default = "https://acme-v02.api.letsencrypt.org/directory";
-      description = "ACME directory URL.";
-    };
-
-    staging = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Use the Let's Encrypt staging directory, to rehearse without rate limits.";
     };
 
     caBundle = mkOption {
@@ -68,21 +73,8 @@ in
       description = "Trust roots for a private ACME server's HTTPS API (public: it may be in the store).";
     };
 
-    keyType = mkOption {
-      type = types.enum [ "ec256" "ec384" "rsa2048" "rsa4096" ];
-      default = "ec256";
-      description = "Certificate key type; changing it brings a new certificate.";
-    };
-
-    renewBeforeDays = mkOption {
-      type = types.ints.between 1 365;
-      default = 30;
-      description = ''
-        Renew this long before expiry, but never later than with a third of the lifetime
-        left; the CA's renewal window (ARI) takes precedence when it offers one.
-      '';
-    };
-
+    # The module's own list, not a copy of the daemon's: it sets up port 80 (nginx, or the
+    # unit's capability) from it.
     challenge = mkOption {
       type = types.enum [ "webroot" "standalone" ];
       default = "webroot";
@@ -174,14 +166,9 @@ in
         }
       ];
 
-      services.aiStack.settings.acme = {
+      services.aiStack.settings.acme = daemonKeys.settings keys cfg // {
         domains = cfg.domains;
-        email = cfg.email;
         accept_terms = cfg.acceptTerms;
-        directory_url = cfg.server;
-        staging = cfg.staging;
-        key_type = cfg.keyType;
-        renew_before_days = cfg.renewBeforeDays;
         challenge = cfg.challenge;
         webroot = webroot;
         cert_dir = certDir;
@@ -258,7 +245,10 @@ in
 
     (mkIf cfg.nginx.enable {
       networking.firewall.allowedTCPPorts = [ 80 443 ];
-      services.aiStack.validation.trustedProxies = [ "127.0.0.1/32" "::1/128" ];
+      services.aiStack.settings.gateway.trusted_proxies = mkIf top.validation.enable [
+        "127.0.0.1/32"
+        "::1/128"
+      ];
       services.nginx = {
         enable = true;
         recommendedTlsSettings = true;

@@ -143,14 +143,17 @@ in
       default = { };
       description = ''
         The aistack configuration (RFC 42): rendered to the JSON file the daemon reads, with
-        exactly the keys of `aistack config check`. The capability options
-        (`validation`, `gc`, `acme`) fill in their parts; anything else can be set here.
-        Unknown keys fail the build with a message naming them.
+        its keys and sections (docs/contract.md). The capability options (`validation`,
+        `gc`, `acme`) fill in their parts, and a key they leave unset is not written, so the
+        daemon's default applies; every other key is set here, under its own name. The
+        build runs `aistack config check` on the file: an unknown key or a bad value fails
+        it with the daemon's message naming the key.
       '';
       example = literalExpression ''
         {
           embedding.backend = "openai";
           embedding.url = "http://127.0.0.1:8081/v1";
+          gateway.max_body_bytes = 65536;
           validation.deny_action = "log";
         }
       '';

@@ -15,9 +15,50 @@ let
   top = config.services.aiStack;
   cfg = top.gc;
   metricsFile = "${top.metricsDirectory}/aistack-gc.prom";
+  daemonKeys = import ./daemon-keys.nix { inherit lib; };
+
+  # The thresholds of the roadmap's policies (expiry, pruning, deduplication), as options;
+  # the other keys of `gc` are set in `settings` under their own names.
+  keys = {
+    maxSolutions = {
+      key = "max_solutions";
+      type = types.int;
+      description = "Above this many rows, the lowest-value `pruneFraction` of them is pruned.";
+      example = 100000;
+    };
+    maxAgeDays = {
+      key = "max_age_days";
+      type = types.int;
+      description = "Rows older than this and scored below `minValueScore` expire.";
+      example = 30;
+    };
+    minValueScore = {
+      key = "min_value_score";
+      type = types.number;
+      description = "Old rows scored below this expire.";
+      example = 0.5;
+    };
+    pruneFraction = {
+      key = "prune_fraction";
+      type = types.number;
+      description = "Share of the rows pruned when there are more than `maxSolutions`.";
+      example = 0.2;
+    };
+    deduplicateSimilarity = {
+      key = "deduplicate_similarity";
+      type = types.number;
+      description = "Cosine similarity of queries at or above which rows are duplicates.";
+      example = 0.95;
+    };
+  };
 in
 {
-  options.services.aiStack.gc = {
+  imports = daemonKeys.moved [ "services" "aiStack" "gc" ] {
+    orphanCleanup = "gc.orphan_cleanup";
+    archiveDays = "gc.archive_days";
+  };
+
+  options.services.aiStack.gc = daemonKeys.options "gc" keys // {
     enable = mkEnableOption "garbage collection of the learning store (expiry, pruning, deduplication, orphans; archived and reversible)";
 
     schedule = mkOption {
@@ -38,48 +79,6 @@ in
       default = true;
       description = "Run at boot if the machine was off when a run was due (`Persistent=`).";
     };
-
-    maxSolutions = mkOption {
-      type = types.ints.positive;
-      default = 100000;
-      description = "Above this many rows, the lowest-value `pruneFraction` of them is pruned.";
-    };
-
-    maxAgeDays = mkOption {
-      type = types.ints.positive;
-      default = 30;
-      description = "Rows older than this and scored below `minValueScore` expire.";
-    };
-
-    minValueScore = mkOption {
-      type = types.numbers.between 0 1;
-      default = 0.5;
-      description = "Old rows scored below this expire.";
-    };
-
-    pruneFraction = mkOption {
-      type = types.numbers.between 0.001 0.999;
-      default = 0.2;
-      description = "Share of the rows pruned when there are more than `maxSolutions`.";
-    };
-
-    deduplicateSimilarity = mkOption {
-      type = types.numbers.between 0.5 1;
-      default = 0.95;
-      description = "Cosine similarity of queries at or above which rows are duplicates.";
-    };
-
-    orphanCleanup = mkOption {
-      type = types.bool;
-      default = true;
-      description = "Remove Qdrant points without rows and re-embed rows without points.";
-    };
-
-    archiveDays = mkOption {
-      type = types.ints.positive;
-      default = 30;
-      description = "Removed rows stay restorable (`aistack gc restore`) this many days.";
-    };
   };
 
   config = mkIf (top.enable && cfg.enable) {
@@ -93,15 +92,7 @@ in
       }
     ];
 
-    services.aiStack.settings.gc = {
-      max_solutions = cfg.maxSolutions;
-      max_age_days = cfg.maxAgeDays;
-      min_value_score = cfg.minValueScore;
-      prune_fraction = cfg.pruneFraction;
-      deduplicate_similarity = cfg.deduplicateSimilarity;
-      orphan_cleanup = cfg.orphanCleanup;
-      archive_days = cfg.archiveDays;
-    };
+    services.aiStack.settings.gc = daemonKeys.settings keys cfg;
 
     systemd.services.aistack-gc = {
       description = "aistack garbage collection of the learning store";

@@ -16,11 +16,54 @@ let
   top = config.services.aiStack;
   cfg = top.validation;
   port = address: lib.toInt (lib.last (lib.splitString ":" address));
+  daemonKeys = import ./daemon-keys.nix { inherit lib; };
+
+  # The keys of `validation` a user sets most (the roadmap's thresholds), as options; the
+  # others are set in `settings` under their own names.
+  keys = {
+    collections = {
+      key = "collections";
+      type = types.listOf types.str;
+      description = "The collections searches may name; any other name is refused (422).";
+      example = [
+        "nixos_docs"
+        "solved_issues"
+      ];
+    };
+    rateLimits = {
+      key = "rate_limits";
+      type = types.listOf types.str;
+      description = "Per-client limits; every one is enforced.";
+      example = [
+        "60/minute"
+        "1000/hour"
+      ];
+    };
+    maxQueryChars = {
+      key = "max_query_chars";
+      type = types.int;
+      description = "Longest query accepted, in characters.";
+      example = 10000;
+    };
+    maxLimit = {
+      key = "max_limit";
+      type = types.int;
+      description = "Most results one search may ask for.";
+      example = 100;
+    };
+  };
 in
 {
-  options.services.aiStack.validation = {
+  imports = daemonKeys.moved [ "services" "aiStack" "validation" ] {
+    maxBodyBytes = "gateway.max_body_bytes";
+    rateLimitStorage = "validation.rate_limit_storage";
+    trustedProxies = "gateway.trusted_proxies";
+  };
+
+  options.services.aiStack.validation = daemonKeys.options "validation" keys // {
     enable = mkEnableOption "the aistack gateway: validated, rate-limited, metered vector search";
 
+    # Always written: the module makes the firewall and nginx's upstream from it.
     listen = mkOption {
       type = types.listOf types.str;
       default = [ "127.0.0.1:8080" ];
@@ -32,61 +75,6 @@ in
       type = types.bool;
       default = false;
       description = "Open the gateway's ports in the firewall.";
-    };
-
-    collections = mkOption {
-      type = types.listOf (types.strMatching "[A-Za-z0-9_-]{1,64}");
-      default = [
-        "nixos_docs"
-        "solved_issues"
-        "skill_embeddings"
-        "telemetry_patterns"
-      ];
-      description = "The collections searches may name; any other name is refused (422).";
-    };
-
-    maxQueryChars = mkOption {
-      type = types.ints.between 1 1000000;
-      default = 10000;
-      description = "Longest query accepted, in characters.";
-    };
-
-    maxLimit = mkOption {
-      type = types.ints.between 1 10000;
-      default = 100;
-      description = "Most results one search may ask for.";
-    };
-
-    maxBodyBytes = mkOption {
-      type = types.ints.between 256 67108864;
-      default = 32768;
-      description = "Larger request bodies are refused (413) before they are read.";
-    };
-
-    rateLimits = mkOption {
-      type = types.listOf (types.strMatching "[0-9]+/(second|minute|hour|day)");
-      default = [
-        "60/minute"
-        "1000/hour"
-      ];
-      description = "Per-client limits; every one is enforced.";
-    };
-
-    rateLimitStorage = mkOption {
-      type = types.str;
-      default = "memory://";
-      example = "redis://127.0.0.1:6379";
-      description = "`memory://`, or a Redis URL so several gateways share the limits.";
-    };
-
-    trustedProxies = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      example = [ "127.0.0.1/32" ];
-      description = ''
-        CIDRs of reverse proxies whose X-Forwarded-For is believed (the nginx of
-        `services.aiStack.acme.nginx` is added automatically).
-      '';
     };
 
     apiKeysFile = mkOption {
@@ -103,18 +91,10 @@ in
     services.aiStack.settings = {
       gateway = {
         listen = cfg.listen;
-        max_body_bytes = cfg.maxBodyBytes;
-        trusted_proxies = cfg.trustedProxies;
         # Interpolated, not toString: the file goes into the store and the closure.
         api_keys_file = if cfg.apiKeysFile == null then "" else "${cfg.apiKeysFile}";
       };
-      validation = {
-        collections = cfg.collections;
-        max_query_chars = cfg.maxQueryChars;
-        max_limit = cfg.maxLimit;
-        rate_limits = cfg.rateLimits;
-        rate_limit_storage = cfg.rateLimitStorage;
-      };
+      validation = daemonKeys.settings keys cfg;
     };
 
     networking.firewall.allowedTCPPorts = lib.optionals cfg.openFirewall (map port cfg.listen);

@@ -34,7 +34,11 @@ let
       type = jsonValue;
       generate = name: _value: "/nix/store/00000000000000000000000000000000-${name}";
     };
-    runCommand = name: _env: _script: "/nix/store/00000000000000000000000000000000-${name}";
+    # The script is kept: a test runs the build step of the checked configuration.
+    runCommand = name: _env: script: {
+      outPath = "/nix/store/00000000000000000000000000000000-${name}";
+      inherit script;
+    };
     coreutils = {
       outPath = "/nix/store/00000000000000000000000000000000-coreutils";
     };
@@ -56,7 +60,14 @@ let
 in
 {
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+  inherit (config) warnings;
   settings = config.services.aiStack.settings;
+  # The build step that makes services.aiStack.configFile, and the store path it reads the
+  # rendered settings from.
+  configBuild = {
+    inherit (config.services.aiStack.configFile) script;
+    settingsFile = (pkgs.formats.json { }).generate "aistack.json" null;
+  };
   services = aistackUnits config.systemd.services;
   timers = aistackUnits config.systemd.timers;
   nginxService = config.systemd.services.nginx or null;
