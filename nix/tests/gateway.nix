@@ -74,7 +74,9 @@
           assert "aistack_rate_limited_requests_total" in metrics
 
       with subtest("the journal shows the events"):
-          machine.succeed("journalctl -u aistack-gateway | grep -q event=gateway.started")
+          # Matched here, not with `| grep -q`: grep stops reading at its match, and under
+          # pipefail the writer's SIGPIPE (exit 141) would fail the command now and then.
+          assert "event=gateway.started" in machine.succeed("journalctl -u aistack-gateway")
 
       with subtest("SIGHUP via systemctl reload keeps the unit up"):
           pid = machine.succeed("systemctl show -P MainPID aistack-gateway").strip()
@@ -83,7 +85,7 @@
           machine.succeed("systemctl is-active aistack-gateway")
           assert machine.succeed("systemctl show -P MainPID aistack-gateway").strip() == pid
           machine.succeed("curl -sf http://127.0.0.1:8080/healthz")
-          machine.succeed("journalctl -u aistack-gateway | grep -q event=gateway.reloaded")
+          assert "event=gateway.reloaded" in machine.succeed("journalctl -u aistack-gateway")
 
       with subtest("the local Qdrant answers only with the generated key"):
           machine.fail("curl -sf http://127.0.0.1:6333/collections")
