@@ -12,13 +12,11 @@ import json
 import os
 import re
 import tomllib
-import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import idna
-import regex
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -34,12 +32,6 @@ COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RATE_LIMIT = re.compile(r"\s*(\d+)\s*/\s*(second|minute|hour|day)\s*")
 EMAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 RATE_WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-WHITESPACE_RUN = re.compile(r"\s+")
-# What renders as nothing would split a deny pattern ("<scr\u034fipt"): every
-# Default_Ignorable_Code_Point (variation selectors, Hangul fillers, the combining grapheme
-# joiner, ...) and every format character (Cf). The `regex` module, because the standard
-# library's unicodedata does not know the property; it follows the current Unicode.
-INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
 STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 
@@ -153,15 +145,6 @@ class EmbeddingConfig(Section):
         if self.url and urlsplit(self.url).scheme not in ("http", "https"):
             raise ValueError(f"url {self.url!r} must start with http:// or https://")
         return self
-
-
-def normalise_text(text: str) -> str:
-    """What deny patterns are matched against: NFKC, case folded, white space runs as one space.
-
-    Without this, "DROP\\tTABLE" or a fullwidth "ＤＲＯＰ " would pass the pattern "drop ".
-    """
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return WHITESPACE_RUN.sub(" ", INVISIBLE.sub("", folded))
 
 
 class ValidationConfig(Section):
