@@ -14,10 +14,10 @@ import regex
 from aistack.config import (
     ConfigError,
     load_config,
-    normalise_text,
     read_secret,
     validate_config,
 )
+from aistack.gateway.requests import normalise_text
 
 GOOD_TOML = """\
 [gateway]

@@ -12,18 +12,17 @@ import json
 import os
 import re
 import tomllib
-import unicodedata
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import idna
-import regex
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -36,12 +35,7 @@ COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RATE_LIMIT = re.compile(r"\s*(\d+)\s*/\s*(second|minute|hour|day)\s*")
 EMAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 RATE_WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-WHITESPACE_RUN = re.compile(r"\s+")
-# What renders as nothing would split a deny pattern ("<scr\u034fipt"): every
-# Default_Ignorable_Code_Point (variation selectors, Hangul fillers, the combining grapheme
-# joiner, ...) and every format character (Cf). The `regex` module, because the standard
-# library's unicodedata does not know the property; it follows the current Unicode.
-INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 
@@ -50,7 +44,16 @@ class ConfigError(UsageError):
 
 
 class Section(BaseModel):
+    """A section of the file. Its fields keep the text as written: that is what `model_dump`
+    gives back. Where the text stands for a value (a network, a rate window), a field
+    validator checks it, so that an error names the key among the others, and `_parse`
+    keeps the value in a private attribute, from the same function: pydantic gives a field
+    validator no instance to keep it on."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -64,6 +67,17 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     if not 0 < number < 65536:
         raise ValueError(f"port {number} is outside 1-65535")
     return host, number
+
+
+def parse_networks(cidrs: list[str]) -> tuple[Network, ...]:
+    """CIDRs, or single addresses, as networks; host bits may be set (10.1.2.3/8)."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ValueError(f"{cidr!r} is not an IP address or CIDR") from None
+    return tuple(networks)
 
 
 class GatewayConfig(Section):
@@ -80,6 +94,8 @@ class GatewayConfig(Section):
     # Open connections one client may hold: an IPv4 address, or an IPv6 peer's
     # validation.ipv6_prefix network (trusted_proxies are not limited).
     max_connections_per_client: int = Field(default=64, ge=1, le=100_000)
+    _listen_addresses: tuple[tuple[str, int], ...] = PrivateAttr()
+    _trusted_networks: tuple[Network, ...] = PrivateAttr()
 
     @field_validator("listen")
     @classmethod
@@ -91,11 +107,7 @@ class GatewayConfig(Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"{cidr!r} is not an IP address or CIDR") from None
+        parse_networks(value)
         return value
 
     @model_validator(mode="after")
@@ -104,8 +116,21 @@ class GatewayConfig(Section):
             raise ValueError("set both tls_cert_file and tls_key_file, or neither")
         return self
 
-    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies]
+    @model_validator(mode="after")
+    def _parse(self) -> GatewayConfig:
+        self._listen_addresses = tuple(parse_listen_address(address) for address in self.listen)
+        self._trusted_networks = parse_networks(self.trusted_proxies)
+        return self
+
+    @property
+    def listen_addresses(self) -> tuple[tuple[str, int], ...]:
+        """`listen` as (host, port) pairs."""
+        return self._listen_addresses
+
+    @property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        """`trusted_proxies` as networks."""
+        return self._trusted_networks
 
 
 class QdrantConfig(Section):
@@ -157,13 +182,40 @@ class EmbeddingConfig(Section):
         return self
 
 
-def normalise_text(text: str) -> str:
-    """What deny patterns are matched against: NFKC, case folded, white space runs as one space.
+class RateWindow(NamedTuple):
+    """One of `validation.rate_limits`: at most `quota` requests in `seconds`, named by its unit."""
 
-    Without this, "DROP\\tTABLE" or a fullwidth "ＤＲＯＰ " would pass the pattern "drop ".
-    """
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return WHITESPACE_RUN.sub(" ", INVISIBLE.sub("", folded))
+    name: str
+    quota: int
+    seconds: int
+
+
+def parse_rate_limits(specs: list[str]) -> tuple[RateWindow, ...]:
+    """The window of each `N/unit`, shortest first."""
+    windows = []
+    for spec in specs:
+        match = RATE_LIMIT.fullmatch(spec)
+        if not match or int(match.group(1)) < 1:
+            raise ValueError(f"{spec!r} is not N/second, N/minute, N/hour or N/day (N >= 1)")
+        unit = match.group(2)
+        windows.append(RateWindow(unit, int(match.group(1)), RATE_WINDOW_SECONDS[unit]))
+    if len({window.name for window in windows}) != len(windows):
+        raise ValueError("two limits share one window")
+    return tuple(sorted(windows, key=lambda window: window.seconds))
+
+
+def parse_rate_limit_storage(url: str) -> str | None:
+    """The Redis URL that `validation.rate_limit_storage` names, or None for `memory://`."""
+    if url == "memory://":
+        return None
+    # The scheme also as written before "://": urlsplit alone forgives "redis:host", leading
+    # spaces and tabs, which the gateway has always refused to start with.
+    if (
+        urlsplit(url).scheme not in REDIS_SCHEMES
+        or url.partition("://")[0].lower() not in REDIS_SCHEMES
+    ):
+        raise ValueError(f"{url!r} is not memory:// or a redis:// URL")
+    return url
 
 
 class ValidationConfig(Section):
@@ -194,6 +246,8 @@ class ValidationConfig(Section):
     rate_limit_storage: str = "memory://"
     rate_limit_max_clients: int = Field(default=100_000, ge=1, le=10_000_000)
     ipv6_prefix: int = Field(default=64, ge=1, le=128)
+    _rate_windows: tuple[RateWindow, ...] = PrivateAttr()
+    _rate_limit_redis_url: str | None = PrivateAttr()
 
     @field_validator("collections")
     @classmethod
@@ -208,21 +262,13 @@ class ValidationConfig(Section):
     @field_validator("rate_limits")
     @classmethod
     def _rate_limits(cls, value: list[str]) -> list[str]:
-        units = []
-        for spec in value:
-            match = RATE_LIMIT.fullmatch(spec)
-            if not match or int(match.group(1)) < 1:
-                raise ValueError(f"{spec!r} is not N/second, N/minute, N/hour or N/day (N >= 1)")
-            units.append(match.group(2))
-        if len(set(units)) != len(units):
-            raise ValueError("two limits share one window")
+        parse_rate_limits(value)
         return value
 
     @field_validator("rate_limit_storage")
     @classmethod
     def _storage(cls, value: str) -> str:
-        if value != "memory://" and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"{value!r} is not memory:// or a redis:// URL")
+        parse_rate_limit_storage(value)
         return value
 
     @model_validator(mode="after")
@@ -233,15 +279,20 @@ class ValidationConfig(Section):
             )
         return self
 
-    def rate_windows(self) -> list[tuple[str, int, int]]:
+    @model_validator(mode="after")
+    def _parse(self) -> ValidationConfig:
+        self._rate_windows = parse_rate_limits(self.rate_limits)
+        self._rate_limit_redis_url = parse_rate_limit_storage(self.rate_limit_storage)
+        return self
+
+    def rate_windows(self) -> list[RateWindow]:
         """(name, quota, window seconds) for each configured limit, shortest window first."""
-        windows = []
-        for spec in self.rate_limits:
-            match = RATE_LIMIT.fullmatch(spec)
-            assert match is not None  # checked by the validator
-            unit = match.group(2)
-            windows.append((unit, int(match.group(1)), RATE_WINDOW_SECONDS[unit]))
-        return sorted(windows, key=lambda window: window[2])
+        return list(self._rate_windows)
+
+    @property
+    def rate_limit_redis_url(self) -> str | None:
+        """Where the limits are counted when several gateways share them; None: in memory."""
+        return self._rate_limit_redis_url
 
 
 class GcConfig(Section):

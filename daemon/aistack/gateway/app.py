@@ -22,11 +22,7 @@ from aistack.gateway.embedqueue import EmbeddingQueue
 from aistack.gateway.gate import OPERATIONAL, UNMATCHED, gated
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.openapi import build_openapi
-from aistack.gateway.ratelimit import (
-    create_rate_limiter,
-    policy_header_value,
-    windows_from_config,
-)
+from aistack.gateway.ratelimit import policy_header_value, rate_limiter, windows_from_config
 from aistack.gateway.requests import ContentRules, SearchParser, search_request_model
 from aistack.gateway.routes import KEYED_ENDPOINTS, ROUTES
 from aistack.gateway.state import STATE, CollectionTotals, GatewayState
@@ -50,12 +46,12 @@ def create_app(
         search_parser=SearchParser(validation),
         rules=ContentRules(validation.deny_patterns, validation.deny_action),
         learn_rules=ContentRules(validation.learn_deny_patterns, validation.learn_deny_action),
-        limiter=create_rate_limiter(
-            windows, validation.rate_limit_storage, validation.rate_limit_max_clients
+        limiter=rate_limiter(
+            windows, validation.rate_limit_redis_url, validation.rate_limit_max_clients
         ),
         policy_header=policy_header_value(windows),
         collections=collections,
-        client_keys=ClientKeys(config.gateway.trusted_networks(), validation.ipv6_prefix),
+        client_keys=ClientKeys(config.gateway.trusted_networks, validation.ipv6_prefix),
         access=(
             load_access(config.gateway.api_keys_file, collections, KEYED_ENDPOINTS)
             if config.gateway.api_keys_file

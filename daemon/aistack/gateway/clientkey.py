@@ -17,8 +17,9 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Protocol
 
+from aistack.config import Network
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 UNIX_SOCKET_KEY = "unix"
 

@@ -40,6 +40,8 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from aistack.config import parse_rate_limit_storage
+
 Clock = Callable[[], float]
 
 
@@ -103,7 +105,7 @@ def policy_header_value(windows: Sequence[Window]) -> str:
     return ",".join(f"{w.field_name};q={w.quota};w={w.seconds}" for w in windows)
 
 
-def windows_from_config(rate_windows: list[tuple[str, int, int]]) -> tuple[Window, ...]:
+def windows_from_config(rate_windows: Sequence[tuple[str, int, int]]) -> tuple[Window, ...]:
     """Windows from ``ValidationConfig.rate_windows()``: (name, quota, seconds) tuples."""
     windows = tuple(Window(name, quota, seconds) for name, quota, seconds in rate_windows)
     if len({w.name for w in windows}) != len(windows):
@@ -343,10 +345,18 @@ class RedisRateLimiter:
 def create_rate_limiter(
     windows: Sequence[Window], storage_url: str, max_clients: int, clock: Clock = time.time
 ) -> RateLimiter:
-    """``memory://`` keeps counters in this process; redis://, rediss://, unix:// in Redis."""
-    if storage_url == "memory://":
+    """``memory://`` keeps counters in this process; redis://, rediss://, unix:// in Redis.
+
+    For a URL no configuration has checked; a loaded one hands its ``rate_limit_redis_url``
+    to `rate_limiter`."""
+    return rate_limiter(windows, parse_rate_limit_storage(storage_url), max_clients, clock)
+
+
+def rate_limiter(
+    windows: Sequence[Window], redis_url: str | None, max_clients: int, clock: Clock = time.time
+) -> RateLimiter:
+    """Counters in Redis at ``redis_url``, shared by every gateway that names it; without
+    one, in this process, for at most ``max_clients`` clients."""
+    if redis_url is None:
         return MemoryRateLimiter(windows, max_clients, clock)
-    scheme = storage_url.partition("://")[0].lower()
-    if scheme in ("redis", "rediss", "unix"):
-        return RedisRateLimiter(windows, storage_url, clock)
-    raise ValueError(f"{storage_url!r} is not memory:// or a redis://, rediss://, unix:// URL")
+    return RedisRateLimiter(windows, redis_url, clock)

@@ -12,16 +12,19 @@ same bytes back.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from typing import Annotated, Any, Literal, NamedTuple, TypeVar, cast
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
-from aistack.config import ValidationConfig, normalise_text
+from aistack.config import COLLECTION_NAME, ValidationConfig
 from aistack.gateway.schemas import ErrorItem
 
-COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# The rule of config.COLLECTION_NAME, anchored for pydantic-core and JSON Schema.
+COLLECTION_PATTERN = f"^{COLLECTION_NAME.pattern}$"
 COLLECTION_DESCRIPTION = (
     "A collection this gateway serves to the caller. "
     "Names are not listed: unknown and forbidden names get the same answer."
@@ -34,6 +37,12 @@ NO_COLLECTION = r"[^\s\S]"
 # text in pydantic-core's (Rust) regex and in JSON Schema's (ECMA).
 ALLOWED_CONTROLS = frozenset("\t\n\r")
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+WHITESPACE_RUN = re.compile(r"\s+")
+# What renders as nothing would split a deny pattern ("<scr\u034fipt"): every
+# Default_Ignorable_Code_Point (variation selectors, Hangul fillers, the combining grapheme
+# joiner, ...) and every format character (Cf). The `regex` module, because the standard
+# library's unicodedata does not know the property; it follows the current Unicode.
+INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -286,6 +295,15 @@ def parse_request(model: type[ModelT], body: bytes) -> ModelT:
     if isinstance(request, list):
         raise RequestRejected(request)
     return request
+
+
+def normalise_text(text: str) -> str:
+    """What deny patterns are matched against: NFKC, case folded, white space runs as one space.
+
+    Without this, "DROP\\tTABLE" or a fullwidth "ＤＲＯＰ " would pass the pattern "drop ".
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return WHITESPACE_RUN.sub(" ", INVISIBLE.sub("", folded))
 
 
 class ContentRules:

@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from aistack.config import Config, GatewayConfig, parse_listen_address
+from aistack.config import Config, GatewayConfig
 from aistack.embedding import Embedder
 from aistack.gateway.app import create_app
 from aistack.gateway.connections import PeerCounts, PeerLimitedSite, runner_options
@@ -25,7 +25,7 @@ SHUTDOWN_GRACE_SECONDS = 20.0
 def peer_counts(app: web.Application, config: Config) -> PeerCounts:
     return PeerCounts(
         config.gateway.max_connections_per_client,
-        config.gateway.trusted_networks(),
+        config.gateway.trusted_networks,
         config.validation.ipv6_prefix,
         app[STATE].metrics.connection_refused,
     )
@@ -82,8 +82,7 @@ async def serve(
     context = tls_context(config.gateway) if config.gateway.tls_cert_file else None
     counts = peer_counts(app, config)
     try:
-        for address in config.gateway.listen:
-            host, port = parse_listen_address(address)
+        for host, port in config.gateway.listen_addresses:
             site = PeerLimitedSite(
                 runner, counts, app[STATE], options, host=host, port=port, ssl_context=context
             )
