@@ -39,6 +39,7 @@ Every goal prints PASS or FAIL; the exit status is 0 unless something crashed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -57,17 +58,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 
-# This file is named acme.py: its own directory on sys.path would shadow the `acme` library.
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# This file is named acme.py: bench/ at the head of sys.path would shadow the `acme`
+# library. The repository takes its place, for `bench.common`.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import aistack  # noqa: E402
 from aistack.acme.renew import renew  # noqa: E402
 from aistack.config import AcmeConfig, validate_config  # noqa: E402
-from bench.common import Goal, Out, machine  # noqa: E402
+from bench.common import (  # noqa: E402
+    Goal,
+    Out,
+    finish,
+    machine,
+    machine_line,
+    scratch_directory,
+)
 from tests.pebble import Pebble  # noqa: E402
 
 DOMAINS = ["bench.aistack.test", "www.bench.aistack.test"]
@@ -384,11 +389,13 @@ def summary(times: list[float]) -> dict[str, float]:
 def bench_pass(
     reuse: int, runs: int, say: Out, clients_wanted: list[str]
 ) -> tuple[dict[str, Any], list[Goal]]:
-    directory = Path(tempfile.mkdtemp(prefix=f"aistack-bench-acme-{reuse}-"))
-    pebble: Pebble | None = None
-    try:
+    with (
+        scratch_directory(f"aistack-bench-acme-{reuse}-") as directory,
+        contextlib.ExitStack() as stack,
+    ):
         (directory / "pebble").mkdir()
         pebble = Pebble(directory / "pebble", nonce_reject_percent=0, authz_reuse_percent=reuse)
+        stack.callback(pebble.stop)
         pebble.start()
         roots = pebble.issuing_roots()
         kind = {50: "pebble default", 0: "nearly every run validates"}.get(reuse, "")
@@ -420,10 +427,6 @@ def bench_pass(
         missing = {f"{serial:x}": label for serial, label in seen.items() if serial not in logged}
         if missing:
             raise BenchError(f"serials not in this pebble's log: {missing}")
-    finally:
-        if pebble is not None:
-            pebble.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
     figures: dict[str, Any] = {
         "authz_reuse_percent": reuse,
@@ -476,9 +479,9 @@ def bench_pass(
             goals.append(
                 Goal(
                     f"aistack/{other} median < 1 (authz reuse {reuse}%)",
+                    ratio < 1,
                     ratio,
                     1.0,
-                    ratio < 1,
                     value_format=".3f",
                 )
             )
@@ -511,10 +514,7 @@ def main() -> int:
             say(f"{program} is missing: apt-get install pebble (nothing to measure against)")
             return 1
     host = machine()
-    say(
-        f"machine: {host['nproc']} CPUs usable ({host['cpus']} online), {host['cpu_model']}, "
-        f"{host['memory_gib']} GiB, Linux {host['kernel']}; load average {host['load_average']}"
-    )
+    say(machine_line(host))
     found = versions()
     say("versions:")
     for name, value in found.items():
@@ -535,13 +535,7 @@ def main() -> int:
         figures, part = bench_pass(reuse, args.runs, say, wanted)
         report["passes"].append(figures)
         goals += part
-    for goal in goals:
-        say(goal.line())
-    report["goals"] = [goal.as_json() for goal in goals]
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
-    say(f"elapsed {report['elapsed_s']:.0f} s")
-    if args.json:
-        print(json.dumps(report))
+    finish(report, goals, say, args.json, started)
     return 0
 
 

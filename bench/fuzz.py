@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for bench.common
 
-from bench.common import cpu_model  # noqa: E402
+from bench.common import machine, machine_line  # noqa: E402
 
 TESTS = ["tests/test_fuzz_api.py", "tests/test_fuzz_config.py"]
-
-
-def machine() -> str:
-    return (
-        f"{platform.system()} {platform.release()}, {cpu_model()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}"
-    )
 
 
 def main() -> int:
@@ -79,7 +71,7 @@ def main() -> int:
             else []
         )
 
-    print(f"machine: {machine()}")
+    print(machine_line(machine()))
     print(f"settings: --examples {args.examples} --config-examples {args.config_examples}")
     totals: Counter[str] = Counter()
     for record in records:

