@@ -26,7 +26,6 @@ import pytest
 
 from aistack.config import ValidationConfig
 from aistack.gateway.openapi import build_openapi
-from aistack.gateway.requests import search_request_model
 from aistack.stores.private_postgres import free_port
 from tests import tools
 
@@ -46,7 +45,7 @@ COLLECTION = "nixos_docs"
 TOKEN = "tok_en-1"
 
 # The operations the product documents, from the same builder the gateway serves.
-DOCUMENT = build_openapi(search_request_model(ValidationConfig()))
+DOCUMENT = build_openapi(ValidationConfig())
 OPERATIONS = [
     f"{method.upper()} {path}" for path, methods in DOCUMENT["paths"].items() for method in methods
 ]

@@ -318,9 +318,9 @@ async def test_gc_refuses_an_unmigrated_database(tmp_path, postgres, embedder):
         assert result.returncode == 1
         assert "run `aistack db migrate --config FILE` first" in result.stderr
         migrated = aistack("db", "migrate", "--config", config)
-        assert migrated.returncode == 0 and "migrated to version 1" in migrated.stdout
+        assert migrated.returncode == 0 and "migrated to version 2" in migrated.stdout
         again = aistack("db", "migrate", "--config", config)
-        assert again.returncode == 0 and "already at version 1" in again.stdout
+        assert again.returncode == 0 and "already at version 2" in again.stdout
         assert aistack("gc", "run", "--config", config).returncode == 0
         await store.db.execute("INSERT INTO aistack_schema (version) VALUES (99)")
         newer = aistack("gc", "status", "--config", config)

@@ -23,7 +23,7 @@ from aistack.gateway.gate import OPERATIONAL, UNMATCHED, gated
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.openapi import build_openapi
 from aistack.gateway.ratelimit import policy_header_value, rate_limiter, windows_from_config
-from aistack.gateway.requests import ContentRules, SearchParser, search_request_model
+from aistack.gateway.requests import ContentRules, SearchParser, solutions_query_model
 from aistack.gateway.routes import KEYED_ENDPOINTS, ROUTES
 from aistack.gateway.state import STATE, CollectionTotals, GatewayState
 from aistack.stores import postgres
@@ -57,7 +57,8 @@ def create_app(
             if config.gateway.api_keys_file
             else None
         ),
-        openapi=build_openapi(search_request_model(validation)),
+        openapi=build_openapi(validation),
+        solutions_query=solutions_query_model(validation),
         embedding_queue=EmbeddingQueue(
             config.embedding.max_queue_depth, config.embedding.max_queue_wait_seconds
         ),

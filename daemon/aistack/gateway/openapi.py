@@ -11,7 +11,13 @@ from pydantic import BaseModel, TypeAdapter
 from typing_extensions import is_typeddict
 
 from aistack import __version__
-from aistack.gateway.requests import SearchRequest
+from aistack.config import ValidationConfig
+from aistack.gateway.requests import (
+    SearchRequest,
+    SolutionsQuery,
+    search_request_model,
+    solutions_query_model,
+)
 from aistack.gateway.routes import ROUTES, Reply, Route
 from aistack.gateway.schemas import ErrorAnswer
 
@@ -40,12 +46,14 @@ RETRY_AFTER = {
 RETRY_STATUSES = frozenset({429, 503})
 
 
-def build_openapi(
-    search_model: type[SearchRequest], routes: tuple[Route, ...] = ROUTES
-) -> dict[str, Any]:
-    """The document, with `search_model` (the configured limits) as the search body."""
+def build_openapi(config: ValidationConfig, routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
+    """The document, with the request models as `config` configures them (its limits;
+    never its collection names)."""
     components: dict[str, Any] = {}
-    bodies: dict[type[BaseModel], type[BaseModel]] = {SearchRequest: search_model}
+    bodies: dict[type[BaseModel], type[BaseModel]] = {
+        SearchRequest: search_request_model(config),
+        SolutionsQuery: solutions_query_model(config),
+    }
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = operation(
@@ -77,6 +85,8 @@ def operation(
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in PATH_PARAMETER.findall(route.path)
     ]
+    if route.query is not None:
+        parameters += query_parameters(bodies.get(route.query, route.query))
     if parameters:
         document["parameters"] = parameters
     if route.body is not None:
@@ -86,6 +96,20 @@ def operation(
         document["requestBody"] = {"required": True, "content": content}
     document["responses"] = answers
     return document
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field in schema["properties"].items():
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
+        if "description" in field:
+            parameter["description"] = field.pop("description")
+        field.pop("title", None)
+        parameter["schema"] = field
+        parameters.append(parameter)
+    return parameters
 
 
 def success(reply: Reply, components: dict[str, Any]) -> dict[str, Any]:

@@ -161,6 +161,49 @@ class SearchParser:
         return validate(model, body)
 
 
+class SolutionsQuery(BaseModel):
+    """The base shape of `GET /hybrid/solutions`'s query; `solutions_query_model` returns
+    it with the configured limits. Not strict: query parameters are text, and `limit=10`
+    is a number."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    order: Literal["value", "recent"]
+    limit: int
+    cursor: str | None
+
+
+def solutions_query_model(config: ValidationConfig) -> type[SolutionsQuery]:
+    class ConfiguredSolutionsQuery(SolutionsQuery):
+        order: Annotated[
+            Literal["value", "recent"],
+            Field(description="`value`: the best first; `recent`: the newest first"),
+        ] = "recent"
+        limit: Annotated[int, Field(ge=1, le=config.max_limit)] = config.default_limit
+        cursor: Annotated[
+            str | None,
+            Field(min_length=1, max_length=256, description="`next` of the page before"),
+        ] = None
+
+    ConfiguredSolutionsQuery.__name__ = "SolutionsQuery"
+    return ConfiguredSolutionsQuery
+
+
+def validate_query(
+    model: type[ModelT], parameters: list[tuple[str, str]]
+) -> ModelT | list[Problem]:
+    """The query parameters as `model`, or what is wrong with them: a repeated parameter is
+    refused for the reason a repeated JSON key is (`duplicate_key`)."""
+    seen: set[str] = set()
+    for name, _value in parameters:
+        if name in seen:
+            return [Problem(_location((name,)), "duplicate_key", "duplicate key", "duplicate_key")]
+        seen.add(name)
+    try:
+        return model.model_validate(dict(parameters))
+    except ValidationError as error:
+        return problems_from(error)
+
+
 class LearnRequest(StrictModel):
     query: Annotated[str, Field(min_length=1, max_length=10000, pattern=NO_CONTROL_CHARACTERS)]
     solution: Annotated[str, Field(min_length=1, max_length=20000, pattern=NO_CONTROL_CHARACTERS)]

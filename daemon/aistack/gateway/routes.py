@@ -13,10 +13,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from aistack.gateway import learn, operational, search
+from aistack.gateway import learn, operational, search, solutions
 from aistack.gateway.gate import API, API_WITH_BODY, OPEN, OPERATIONAL, Admission, Handler
-from aistack.gateway.requests import LearnRequest, SearchRequest
-from aistack.gateway.schemas import LearnAnswer, ReadyAnswer, SearchAnswer, StatusAnswer
+from aistack.gateway.requests import LearnRequest, SearchRequest, SolutionsQuery
+from aistack.gateway.schemas import (
+    LearnAnswer,
+    ReadyAnswer,
+    SearchAnswer,
+    SolutionsPage,
+    StatusAnswer,
+    StoredSolution,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +46,7 @@ class Route:
     reply: Reply
     summary: str = ""
     body: type[BaseModel] | None = None  # the JSON body's model
+    query: type[BaseModel] | None = None  # the query parameters' model
     # Refusals of the handler's own, besides its admission's: (status, why).
     refusals: tuple[tuple[int, str], ...] = ()
 
@@ -61,6 +69,36 @@ ROUTES: tuple[Route, ...] = (
         Reply(201, "Stored (or merged into `merged_into`)", LearnAnswer),
         summary="Store a solved issue, or fold it into a near-copy already stored",
         body=LearnRequest,
+    ),
+    Route(
+        "GET",
+        "/hybrid/solutions",
+        solutions.listing,
+        API,
+        Reply(
+            200,
+            "One page of stored solutions; `next` is the following page's cursor",
+            SolutionsPage,
+        ),
+        summary="The learning store, by value or recency, paginated with an opaque cursor",
+        query=SolutionsQuery,
+        refusals=(
+            (403, "the caller may not read solved_issues"),
+            (422, "bad query parameters, or a cursor this store did not issue for this order"),
+        ),
+    ),
+    Route(
+        "GET",
+        "/hybrid/solutions/{id}",
+        solutions.solution,
+        API,
+        Reply(200, "The stored solution", StoredSolution),
+        summary="One stored solution",
+        refusals=(
+            (403, "the caller may not read solved_issues"),
+            (404, "no stored solution has this id (never stored, or removed)"),
+            (422, "the id is not an integer from 1 to 2^63-1"),
+        ),
     ),
     Route("GET", "/openapi.json", operational.openapi, API, Reply(200, "This document", dict)),
     Route(

@@ -32,6 +32,8 @@ class ErrorAnswer(TypedDict):
 class SearchHit(TypedDict):
     id: int | str
     score: float
+    # What the point carries; for `solved_issues`, the stored row (a `StoredSolution`
+    # without its id), read from PostgreSQL.
     payload: dict[str, Any]
 
 
@@ -46,6 +48,22 @@ class SearchAnswer(TypedDict):
 class LearnAnswer(TypedDict):
     id: int
     merged_into: NotRequired[int]
+
+
+class StoredSolution(TypedDict):
+    """One row of the learning store, as PostgreSQL holds it."""
+
+    id: Annotated[int, Field(ge=1)]
+    query: str
+    solution: str
+    value_score: Annotated[float, Field(ge=0, le=1)]
+    created_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class SolutionsPage(TypedDict):
+    results: list[StoredSolution]
+    # The cursor of the next page, or null at the last one.
+    next: str | None
 
 
 class StatusAnswer(TypedDict):

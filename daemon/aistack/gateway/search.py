@@ -2,17 +2,27 @@
 
 `total` comes from a cached count per collection (see `state.CollectionTotals`), corrected
 by what the page itself proves; `has_more` is exact, from asking for one hit more.
+A search of `solved_issues` answers with the stored rows, read back from PostgreSQL
+(`solutions.read_back`).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from aistack.gateway import solutions
 from aistack.gateway.answers import json_answer, problems_answer
-from aistack.gateway.schemas import SearchAnswer
+from aistack.gateway.schemas import SearchAnswer, SearchHit
 from aistack.gateway.state import STATE
-from aistack.gateway.steps import body_or_answer, dependency_down, embedded, screen
+from aistack.gateway.steps import (
+    body_or_answer,
+    caller_collections,
+    dependency_down,
+    embedded,
+    screen,
+)
 from aistack.stores.qdrant import QdrantUnavailable
+from aistack.stores.solutions import COLLECTION
 
 
 async def search(request: web.Request) -> web.Response:
@@ -20,11 +30,7 @@ async def search(request: web.Request) -> web.Response:
     body = await body_or_answer(state, request)
     if isinstance(body, web.Response):
         return body
-    # gate() has checked the key already; looking it up again costs one sha256 and
-    # keeps per-request state out of the request object.
-    grant = state.access.grant_for(request.headers.get("Authorization")) if state.access else None
-    allowed = grant.collections if grant is not None else state.collections
-    query = state.search_parser.parse(body, allowed)
+    query = state.search_parser.parse(body, caller_collections(state, request))
     if isinstance(query, list):
         for problem in query:
             state.metrics.rejected(problem.reason)
@@ -48,8 +54,17 @@ async def search(request: web.Request) -> web.Response:
         return dependency_down(state, "qdrant", error)
     has_more = len(hits) > query.limit
     hits = hits[: query.limit]
+    results: list[SearchHit] | web.Response
+    if query.collection == COLLECTION:
+        results = await solutions.read_back(state, hits)
+        if isinstance(results, web.Response):
+            return results
+    else:
+        results = [{"id": h.id, "score": h.score, "payload": h.payload} for h in hits]
     answer: SearchAnswer = {
-        "results": [{"id": h.id, "score": h.score, "payload": h.payload} for h in hits],
+        "results": results,
+        # From the vector hits, not the rows read back: a row removed between the two
+        # reads leaves its page one short, not the pagination wrong.
         "total": page_total(total, query.offset, len(hits), has_more),
         "offset": query.offset,
         "limit": query.limit,

@@ -17,7 +17,7 @@ from aistack.gateway.clientkey import ClientKeys
 from aistack.gateway.embedqueue import EmbeddingQueue
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.ratelimit import RateLimiter
-from aistack.gateway.requests import ContentRules, SearchParser
+from aistack.gateway.requests import ContentRules, SearchParser, SolutionsQuery
 from aistack.stores.qdrant import VectorStore
 
 
@@ -54,6 +54,7 @@ class GatewayState:
     config: Config
     metrics: GatewayMetrics
     search_parser: SearchParser
+    solutions_query: type[SolutionsQuery]
     rules: ContentRules
     learn_rules: ContentRules
     limiter: RateLimiter
@@ -68,6 +69,7 @@ class GatewayState:
     pool: asyncpg.Pool | None = None
     totals: CollectionTotals | None = None
     learn_collection_ready: bool = False
+    cursor_key: bytes | None = None  # read from PostgreSQL on the first listing
 
 
 STATE = web.AppKey("aistack_state", GatewayState)

@@ -50,6 +50,14 @@ async def body_or_answer(state: GatewayState, request: web.Request) -> bytes | w
         return error_answer(CLIENT_CLOSED_REQUEST, "client closed the connection mid-body")
 
 
+def caller_collections(state: GatewayState, request: web.Request) -> frozenset[str]:
+    """The collections this request may read: its API key's, or every served one."""
+    # The gate has checked the key already; looking it up again costs one sha256 and
+    # keeps per-request state out of the request object.
+    grant = state.access.grant_for(request.headers.get("Authorization")) if state.access else None
+    return grant.collections if grant is not None else state.collections
+
+
 def screen(
     state: GatewayState,
     rules: ContentRules,

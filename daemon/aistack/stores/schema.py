@@ -91,6 +91,24 @@ MIGRATIONS: tuple[str, ...] = (
         similarity double precision NOT NULL
     );
     """,
+    # 2: reading the store back (`GET /hybrid/solutions`).
+    """
+    -- The listing's keyset orders: by value (the pruning index above already is one)
+    -- and by recency, which needs the id beside the time to page through equal times.
+    -- It also serves expiry's scans by age, so it replaces the index on the time alone.
+    CREATE INDEX solved_issues_recent ON solved_issues (created_at, id);
+    DROP INDEX solved_issues_created;
+
+    -- The key that signs the listing's cursors, shared by every gateway of one store
+    -- (a cursor from one gateway is good at another). Two random UUIDs: 244 random bits
+    -- from pg_strong_random, without the pgcrypto extension.
+    CREATE TABLE gateway_secrets (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        cursor_key bytea NOT NULL CHECK (length(cursor_key) = 32)
+    );
+    INSERT INTO gateway_secrets (cursor_key)
+        VALUES (uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()));
+    """,
 )
 LATEST = len(MIGRATIONS)
 
