@@ -14,7 +14,9 @@ VM drifts by 20% within minutes; runs side by side in time see the same drift):
   (c) POST /vector/search refused by the rate limiter (rate_limits ["1/hour"]: 429);
   (d) POST /vector/search on a 10,000-document collection, the query different on every
       request (every request is embedded: the query LRU cache never hits), and (d') the
-      same with 50 fixed queries (answered from the query cache after the first 50).
+      same with 50 fixed queries (answered from the query cache after the first 50);
+  (e) as (d), on `solved_issues` holding the same 10,000 vectors as learned solutions:
+      each page's rows are read back from a private PostgreSQL (10,000 rows).
 
 Plus the memory of the in-process limiter per tracked client (tracemalloc, 100,000 IPv4
 keys, the default windows) and the RSS of gateway (d) after its load.
@@ -52,7 +54,7 @@ from pathlib import Path
 # The repository on sys.path, for `bench.common`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aistack.stores.private_postgres import free_port
+from aistack.stores.private_postgres import PrivatePostgres, free_port
 from bench.common import (
     QUERIES,
     SEARCH_COLLECTION,
@@ -77,6 +79,7 @@ WRK_CONNECTIONS = 50
 # an uncached search at 50 connections on two cores can come close, so allow more.
 WRK_TIMEOUT = "10s"
 LIMITER_CLIENTS = 100_000
+LEARNED_COLLECTION = "solved_issues"
 
 GOAL_RATIO = 0.60
 GOAL_LIMITER_BYTES = 1024
@@ -217,9 +220,10 @@ def static_script(body: str) -> str:
     )
 
 
-def search_script(queries: list[str], unique: bool) -> str:
-    """A POST /vector/search per request, with a query picked at random among `queries`;
-    with `unique`, a per-thread request number appended so no two requests share a query."""
+def search_script(queries: list[str], unique: bool, collection: str = SEARCH_COLLECTION) -> str:
+    """A POST /vector/search of `collection` per request, with a query picked at random
+    among `queries`; with `unique`, a per-thread request number appended so no two
+    requests share a query."""
     for query in queries:
         if json.dumps(query) != f'"{query}"':
             raise ValueError(f"query needs JSON escaping: {query!r}")
@@ -245,7 +249,7 @@ end
 function request()
   counter = counter + 1
   local query = queries[math.random(#queries)] .. {suffix}
-  local body = '{{"collection":"{SEARCH_COLLECTION}","query":"' .. query .. '","limit":10}}'
+  local body = '{{"collection":"{collection}","query":"' .. query .. '","limit":10}}'
   return wrk.format("POST", nil, headers, body)
 end
 """
@@ -358,14 +362,18 @@ def store_key(corpus: bytes) -> str:
 
 
 def write_config(
-    path: Path, port: int, store: Path, rate_limits: list[str], postgres_port: int
+    path: Path,
+    port: int,
+    store: Path,
+    rate_limits: list[str],
+    postgres_dsn: str,
+    collection: str = SEARCH_COLLECTION,
 ) -> Path:
     config = {
         "gateway": {"listen": [f"127.0.0.1:{port}"]},
         "qdrant": {"path": str(store)},
-        # A closed port: the gateway starts without PostgreSQL (search does not need it).
-        "postgres": {"dsn": f"postgresql://bench@127.0.0.1:{postgres_port}/aistack"},
-        "validation": {"collections": [SEARCH_COLLECTION], "rate_limits": rate_limits},
+        "postgres": {"dsn": postgres_dsn},
+        "validation": {"collections": [collection], "rate_limits": rate_limits},
         # (d) measures how fast searches are answered, so wrk's 50 connections all queue
         # for the embedder; the default bound (32 waiting, 5 s) would answer some 503.
         "embedding": {"max_queue_depth": 64, "max_queue_wait_seconds": 30},
@@ -374,7 +382,7 @@ def write_config(
     return path
 
 
-def cached_store(work: Path, postgres_port: int) -> Path:
+def cached_store(work: Path, postgres_dsn: str) -> Path:
     """The ingested 10k-document store under bench/out/, built once per corpus and model."""
     corpus = documents_jsonl()
     key = store_key(corpus)
@@ -388,7 +396,7 @@ def cached_store(work: Path, postgres_port: int) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     documents = work / "corpus.jsonl"
     documents.write_bytes(corpus)
-    config = write_config(work / "ingest.json", free_port(), partial, ["1/hour"], postgres_port)
+    config = write_config(work / "ingest.json", free_port(), partial, ["1/hour"], postgres_dsn)
     progress(
         f"corpus: ingesting {DOCUMENTS} documents into {final.relative_to(BENCH.parent)} "
         "(one time; about 5 minutes on two cores)"
@@ -406,6 +414,67 @@ def cached_store(work: Path, postgres_port: int) -> Path:
     (partial / "DONE").write_text(f"{DOCUMENTS} documents, key {key}\n")
     partial.rename(final)
     return final
+
+
+# --- the learning store of (e) ----------------------------------------------------------------
+
+
+def learning_store(
+    work: Path, documents_store: Path, postgres: PrivatePostgres
+) -> tuple[Path, str]:
+    """A Qdrant store whose `solved_issues` holds the 10k documents' vectors, and a migrated
+    database whose `solved_issues` holds one row per point (id = point id): what a store
+    that learned 10,000 solutions looks like to a search."""
+    store = work / "qdrant-e"
+    shutil.copytree(documents_store, store)
+    dsn = postgres.dsn  # its own database, created at start
+    texts = {
+        document["id"]: document["text"]
+        for document in map(json.loads, documents_jsonl().decode().splitlines())
+    }
+    progress(f"(e): {len(texts)} rows into PostgreSQL, their points into solved_issues")
+    asyncio.run(fill_learning_store(store, dsn, texts))
+    return store, dsn
+
+
+async def fill_learning_store(store: Path, dsn: str, texts: dict[int, str]) -> None:
+    import asyncpg
+
+    from aistack.config import QdrantConfig
+    from aistack.stores.qdrant import VectorStore
+    from aistack.stores.schema import migrate
+    from aistack.stores.solutions import COLLECTION, point_payload
+
+    rng = random.Random(SEED)
+    connection = await asyncpg.connect(dsn)
+    vectors = VectorStore.connect(QdrantConfig(path=str(store)))
+    try:
+        await migrate(connection)
+        created_at = await connection.fetchval("SELECT now()")
+        rows = [
+            (row_id, text, f"The answer to: {text}", round(rng.random(), 3), created_at)
+            for row_id, text in texts.items()
+        ]
+        await connection.executemany(
+            "INSERT INTO solved_issues (id, query, solution, value_score, created_at)"
+            " OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5)",
+            rows,
+        )
+        scores = {row[0]: row[3] for row in rows}
+        first = True
+        async for page in vectors.scroll(SEARCH_COLLECTION, with_vectors=True):
+            if first:
+                await vectors.ensure_collection(COLLECTION, len(page[0].vector or ()))
+                first = False
+            await vectors.upsert(
+                COLLECTION,
+                [point.id for point in page],
+                [point.vector or [] for point in page],
+                [point_payload(scores[int(point.id)], created_at) for point in page],
+            )
+    finally:
+        await vectors.close()
+        await connection.close()
 
 
 # --- the limiter's memory -----------------------------------------------------------------
@@ -474,12 +543,14 @@ def median_run(rounds: list[Run]) -> Run:
 
 def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, float]]:
     runs: list[Run] = []
-    postgres_port = free_port()  # nothing listens there
+    # A closed port: the gateways of (a)-(d) start without PostgreSQL (search does not need
+    # it); (e) has a server of its own.
+    no_postgres = f"postgresql://bench@127.0.0.1:{free_port()}/aistack"
     unlimited = ["1000000000/minute", "1000000000/hour"]  # two windows, as by default
     with scratch_directory("aistack-bench-") as work, contextlib.ExitStack() as servers:
         progress("limiter: tracemalloc over 100,000 IPv4 clients")
         limiter_bytes = limiter_bytes_per_client()
-        store = cached_store(work, postgres_port)
+        store = cached_store(work, no_postgres)
 
         scripts = work / "lua"
         scripts.mkdir()
@@ -491,6 +562,8 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
         unique.write_text(search_script(QUERIES, unique=True))
         fixed = scripts / "fixed.lua"
         fixed.write_text(search_script(QUERIES, unique=False))
+        learned = scripts / "learned.lua"
+        learned.write_text(search_script(QUERIES, unique=True, collection=LEARNED_COLLECTION))
 
         def start(name: str, argv: list[str], port: int) -> Server:
             server = Server(name, argv, port, work / f"{name}.log", answers_healthz)
@@ -499,10 +572,16 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
             server.start()
             return server
 
-        def gateway(name: str, store_path: Path, rate_limits: list[str]) -> Server:
+        def gateway(
+            name: str,
+            store_path: Path,
+            rate_limits: list[str],
+            postgres_dsn: str = no_postgres,
+            collection: str = SEARCH_COLLECTION,
+        ) -> Server:
             port = free_port()
             config = write_config(
-                work / f"{name}.json", port, store_path, rate_limits, postgres_port
+                work / f"{name}.json", port, store_path, rate_limits, postgres_dsn, collection
             )
             return start(name, aistack_argv("gateway", "--config", str(config)), port)
 
@@ -572,6 +651,23 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
             expect("(d') warm-up", status, 200, body)
         run = Run("d'", "search 10k docs, 50 cached queries", 200)
         measure(server, run, "/vector/search", fixed, duration, metered=True)
+        runs.append(run)
+        server.stop()
+
+        # (e) as (d), reading each page's rows back from PostgreSQL.
+        postgres = PrivatePostgres(work / "postgres")
+        servers.callback(postgres.stop)
+        postgres.start()
+        learned_store, dsn = learning_store(work, store, postgres)
+        server = gateway("gateway-e", learned_store, unlimited, dsn, LEARNED_COLLECTION)
+        body_text = json.dumps({"collection": LEARNED_COLLECTION, "query": "ssh", "limit": 10})
+        status, _, body = request(server.port, "POST", "/vector/search", body_text)
+        expect("(e) search", status, 200, body)
+        hits = json.loads(body)["results"]
+        if len(hits) != 10 or not all(hit["payload"].get("solution") for hit in hits):
+            raise RuntimeError(f"(e) hits without their rows read back: {hits[:1]}")
+        run = Run("e", "search 10k solutions, rows read back", 200)
+        measure(server, run, "/vector/search", learned, duration, metered=True)
         runs.append(run)
         server.stop()
         return runs, limiter_bytes, ratios
@@ -651,6 +747,13 @@ def print_table(runs: list[Run], limiter_bytes: float, say: Out) -> None:
         f"limiter: {limiter_bytes:.0f} bytes per tracked client "
         f"({LIMITER_CLIENTS:,} IPv4 keys, 60/minute + 1000/hour)"
     )
+    by_key = {run.key: run for run in runs}
+    searched, learned = by_key.get("d"), by_key.get("e")
+    if searched and learned and searched.rps and searched.p99_ms:
+        say(
+            f"(e)/(d), the cost of reading rows back: req/s {learned.rps / searched.rps:.2f}, "
+            f"p99 {learned.p99_ms / searched.p99_ms:.2f}"
+        )
     say()
 
 

@@ -46,9 +46,24 @@
           metrics = machine.succeed("cat /var/lib/prometheus-node-exporter-text-files/aistack-gc.prom")
           assert 'hybrid_gc_solutions_deleted_total{reason="expired"} 1.0' in metrics, metrics
 
+      with subtest("what was learned reads back; what the GC removed is a 404"):
+          import json
+
+          listing = json.loads(
+              machine.succeed("curl -sf 'http://127.0.0.1:8080/hybrid/solutions?order=value'")
+          )
+          queries = [row["query"] for row in listing["results"]]
+          assert queries == ["How do I configure the firewall?"], listing
+          removed = machine.succeed(
+              "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/hybrid/solutions/1"
+          )
+          assert removed == "404", removed
+
       with subtest("restore puts the row back"):
           machine.succeed("aistack-manage gc restore --run 1")
           assert sql("SELECT count(*) FROM solved_issues") == "2"
+          back = machine.succeed("curl -sf http://127.0.0.1:8080/hybrid/solutions/1")
+          assert json.loads(back)["query"] == "How do I enable flakes?", back
           status = machine.succeed("aistack-manage gc status")
           assert "run 1" in status, status
 
