@@ -16,7 +16,7 @@ import pytest
 from aistack.gc.job import GcBusy
 from aistack.gc.restore import Selection, restore
 from aistack.stores.schema import GC_LOCK
-from aistack.stores.solutions import COLLECTION
+from aistack.stores.solutions import COLLECTION, point_payload
 from tests.learning import LearningStore
 
 
@@ -238,22 +238,90 @@ def test_nonsense_thresholds_are_rejected(tmp_path, key, value, message):
 
 
 async def test_incremental_runs_compare_new_rows_only(learning: LearningStore):
-    first = await learning.add("How do I rotate the journal logs?", 0.6)
+    # Rows a day old: none can be a write that committed late (see the test below).
+    first = await learning.add("How do I rotate the journal logs?", 0.6, age_days=1)
     await learning.run()
     # Planted behind the run's back among already-checked rows: an incremental run does
     # not look at old pairs; a full scan does.
     await learning.db.execute(
         "UPDATE gc_dedup_state SET checked_through_id = checked_through_id + 1"
     )
-    second = await learning.add("How do I rotate the journal logs?", 0.7)
+    second = await learning.add("How do I rotate the journal logs?", 0.7, age_days=1)
     await learning.db.execute("UPDATE gc_dedup_state SET checked_through_id = $1", second)
-    third = await learning.add("How do I rotate the journal logs?", 0.65)
+    third = await learning.add("How do I rotate the journal logs?", 0.65, age_days=1)
     result = await learning.run()
     assert not result.plan.full_scan
     assert result.plan.duplicate == [third]
     assert result.plan.duplicate_of == {third: second}
     full = await learning.run(full_scan=True)
     assert full.plan.duplicate == [first]
+
+
+async def test_rows_written_without_points_are_merged_by_the_second_run(
+    learning: LearningStore,
+):
+    checked = await learning.add("How do I rotate the journal logs?", 0.6, age_days=2)
+    assert (await learning.run()).plan.full_scan
+    # As another writer leaves them: rows straight into PostgreSQL, no points, past the
+    # grace a write in flight gets.
+    copies = [
+        await learning.add(query, score, age_days=1, with_point=False)
+        for query, score in [
+            ("How do I rotate the journal logs", 0.7),
+            ("How can I rotate the journal logs?", 0.65),
+        ]
+    ]
+    unrelated = await learning.add("How do I enable flakes?", 0.8, age_days=1, with_point=False)
+    first = await learning.run()
+    assert first.done["reembedded"] == 3 and first.plan.duplicate == []
+    second = await learning.run()
+    assert not second.plan.full_scan
+    assert second.plan.duplicate_of == {checked: copies[0], copies[1]: copies[0]}
+    assert await learning.row_ids() == [copies[0], unrelated]
+    assert await learning.point_ids() == [copies[0], unrelated]
+    assert second.plan.checked_through_id == unrelated
+
+
+async def test_a_row_that_commits_after_a_higher_id_is_still_compared(learning: LearningStore):
+    checked = await learning.add("How do I rotate the journal logs?", 0.6, age_days=2)
+    await learning.run()
+    # A learn transaction as the gateway's: the id is taken, the point written, and the
+    # commit waits while a row with a higher id commits and a GC pass runs.
+    writer = await asyncpg.connect(learning.dsn)
+    try:
+        late = writer.transaction()
+        await late.start()
+        row = await writer.fetchrow(
+            "INSERT INTO solved_issues (query, solution, value_score)"
+            " VALUES ('How can I rotate the journal logs?', 'late', 0.7) RETURNING id, created_at"
+        )
+        vector = await learning.embedder.embed_query("How can I rotate the journal logs?")
+        await learning.store.upsert(
+            COLLECTION, [row["id"]], [vector], [point_payload(0.7, row["created_at"])]
+        )
+        higher = await learning.add("How do I enable flakes?", 0.8, age_days=1)
+        assert higher > row["id"]
+        unseen = await learning.run()
+        assert unseen.plan.duplicate == [] and unseen.plan.checked_through_id == higher
+        await late.commit()
+    finally:
+        await writer.close()
+    result = await learning.run()
+    assert not result.plan.full_scan
+    assert result.plan.duplicate_of == {checked: row["id"]}
+
+
+async def test_a_row_that_never_gets_a_point_does_not_hold_incremental_runs_back(
+    learning: LearningStore,
+):
+    lost = await learning.add("how to mount an NFS share", 0.8, age_days=1, with_point=False)
+    later = await learning.add("How do I rotate the journal logs?", 0.6, age_days=1)
+    # Without the sweep nothing gives it a point: later runs need not wait for it.
+    assert (await learning.run(orphan_cleanup=False)).plan.checked_through_id == later
+    # With the sweep it gets one in this run, and the next run compares it.
+    swept = await learning.run()
+    assert swept.done["reembedded"] == 1 and swept.plan.checked_through_id == lost - 1
+    assert (await learning.run()).plan.checked_through_id == later
 
 
 async def test_a_changed_similarity_triggers_a_full_scan(learning: LearningStore):
