@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import io
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from aistack.gc.job import GcBusy
+from aistack.gc.job import GcBusy, run_gc
 from aistack.gc.restore import Selection, restore
 from aistack.stores.schema import GC_LOCK
 from aistack.stores.solutions import COLLECTION, point_payload
@@ -374,6 +375,63 @@ async def test_cli_run_status_metrics_and_restore(learning: LearningStore, tmp_p
     assert back.returncode == 0 and "restored 2 rows" in back.stdout
     again = aistack("gc", "restore", "--config", config, "--run", "1", "--reason", "expired")
     assert again.returncode == 2 and "no archived rows match run 1, reason expired" in again.stderr
+
+
+async def test_json_prints_counts_and_the_ids_on_request(learning: LearningStore):
+    await mixed_store(learning)
+    config = str(learning.config_file(max_solutions=6, prune_fraction=0.2))
+    await learning.close_store()
+    counts = aistack("gc", "run", "--config", config, "--dry-run", "--json")
+    assert counts.returncode == 0, counts.stderr
+    plain = json.loads(counts.stdout)
+    assert set(plain) == {"run", "dry_run", "seconds", "counts", "full_scan", "done"}
+    assert plain["counts"]["expired"] == 2 and plain["counts"]["orphan_points"] == 1
+    listed = aistack("gc", "run", "--config", config, "--dry-run", "--json", "--ids")
+    assert listed.returncode == 0, listed.stderr
+    dry = json.loads(listed.stdout)
+    assert dry["counts"] == plain["counts"]
+    assert len(dry["expired"]) == 2 and dry["orphan_points"] == [888_001]
+    real = aistack("gc", "run", "--config", config, "--json", "--ids")
+    assert real.returncode == 0, real.stderr
+    done = json.loads(real.stdout)
+    for key in ("expired", "pruned", "duplicate", "orphan_points", "rows_without_points"):
+        assert done[key] == dry[key], key
+    assert done["done"]["expired"] == 2 and done["run"] == 1
+    learning.open_store()
+    archived = await learning.archived()
+    assert archived["duplicate"] == [entry["id"] for entry in done["duplicate"]]
+
+
+async def test_text_shows_20_removed_ids_each_and_all_with_ids(learning: LearningStore):
+    await learning.db.execute(
+        "INSERT INTO solved_issues (query, solution, value_score, created_at)"
+        " SELECT 'stale answer ' || n, 's', 0.2, now() - interval '60 days'"
+        " FROM generate_series(1, 25) AS n"
+    )
+    config = str(learning.config_file())
+    await learning.close_store()
+    short = aistack("gc", "run", "--config", config, "--dry-run")
+    assert short.returncode == 0, short.stderr
+    assert "expired          25  " + " ".join(map(str, range(1, 21))) + " ...\n" in short.stdout
+    full = aistack("gc", "run", "--config", config, "--dry-run", "--ids")
+    assert "expired          25  " + " ".join(map(str, range(1, 26))) + "\n" in full.stdout
+
+
+async def test_re_embedding_reports_its_progress(learning: LearningStore):
+    # Rows another writer left without points, past the grace a write in flight gets.
+    await learning.db.execute(
+        "INSERT INTO solved_issues (query, solution, value_score, created_at)"
+        " SELECT 'question ' || n || ' about option ' || md5(n::text), 's', 0.8,"
+        " now() - interval '1 day' FROM generate_series(1, 600) AS n"
+    )
+    lines = io.StringIO()
+    result = await run_gc(learning.config(), learning.store, learning.embedder, progress=lines)
+    assert result.done["reembedded"] == 600
+    progress = [line for line in lines.getvalue().splitlines() if "re-embedded" in line]
+    # The first batch and the last are always reported; between them, one line a second.
+    assert progress[0] == "gc: re-embedded 256/600"
+    assert progress[-1] == "gc: re-embedded 600/600"
+    assert len(await learning.point_ids()) == 600
 
 
 async def test_gc_refuses_an_unmigrated_database(tmp_path, postgres, embedder):

@@ -55,9 +55,11 @@ class Plan:
         }
 
     def as_json(self) -> dict[str, Any]:
+        return {"counts": self.counts(), "full_scan": self.full_scan}
+
+    def ids_json(self) -> dict[str, Any]:
+        """Every id the plan names: a large run's are thousands, so only on request."""
         return {
-            "counts": self.counts(),
-            "full_scan": self.full_scan,
             "expired": self.expired,
             "pruned": self.pruned,
             "duplicate": [
