@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import io
 import json
 import os
 import subprocess
@@ -13,10 +14,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from aistack.gc.job import GcBusy
+from aistack.gc.job import GcBusy, run_gc
 from aistack.gc.restore import Selection, restore
 from aistack.stores.schema import GC_LOCK
-from aistack.stores.solutions import COLLECTION
+from aistack.stores.solutions import COLLECTION, point_payload
 from tests.learning import LearningStore
 
 
@@ -238,22 +239,90 @@ def test_nonsense_thresholds_are_rejected(tmp_path, key, value, message):
 
 
 async def test_incremental_runs_compare_new_rows_only(learning: LearningStore):
-    first = await learning.add("How do I rotate the journal logs?", 0.6)
+    # Rows a day old: none can be a write that committed late (see the test below).
+    first = await learning.add("How do I rotate the journal logs?", 0.6, age_days=1)
     await learning.run()
     # Planted behind the run's back among already-checked rows: an incremental run does
     # not look at old pairs; a full scan does.
     await learning.db.execute(
         "UPDATE gc_dedup_state SET checked_through_id = checked_through_id + 1"
     )
-    second = await learning.add("How do I rotate the journal logs?", 0.7)
+    second = await learning.add("How do I rotate the journal logs?", 0.7, age_days=1)
     await learning.db.execute("UPDATE gc_dedup_state SET checked_through_id = $1", second)
-    third = await learning.add("How do I rotate the journal logs?", 0.65)
+    third = await learning.add("How do I rotate the journal logs?", 0.65, age_days=1)
     result = await learning.run()
     assert not result.plan.full_scan
     assert result.plan.duplicate == [third]
     assert result.plan.duplicate_of == {third: second}
     full = await learning.run(full_scan=True)
     assert full.plan.duplicate == [first]
+
+
+async def test_rows_written_without_points_are_merged_by_the_second_run(
+    learning: LearningStore,
+):
+    checked = await learning.add("How do I rotate the journal logs?", 0.6, age_days=2)
+    assert (await learning.run()).plan.full_scan
+    # As another writer leaves them: rows straight into PostgreSQL, no points, past the
+    # grace a write in flight gets.
+    copies = [
+        await learning.add(query, score, age_days=1, with_point=False)
+        for query, score in [
+            ("How do I rotate the journal logs", 0.7),
+            ("How can I rotate the journal logs?", 0.65),
+        ]
+    ]
+    unrelated = await learning.add("How do I enable flakes?", 0.8, age_days=1, with_point=False)
+    first = await learning.run()
+    assert first.done["reembedded"] == 3 and first.plan.duplicate == []
+    second = await learning.run()
+    assert not second.plan.full_scan
+    assert second.plan.duplicate_of == {checked: copies[0], copies[1]: copies[0]}
+    assert await learning.row_ids() == [copies[0], unrelated]
+    assert await learning.point_ids() == [copies[0], unrelated]
+    assert second.plan.checked_through_id == unrelated
+
+
+async def test_a_row_that_commits_after_a_higher_id_is_still_compared(learning: LearningStore):
+    checked = await learning.add("How do I rotate the journal logs?", 0.6, age_days=2)
+    await learning.run()
+    # A learn transaction as the gateway's: the id is taken, the point written, and the
+    # commit waits while a row with a higher id commits and a GC pass runs.
+    writer = await asyncpg.connect(learning.dsn)
+    try:
+        late = writer.transaction()
+        await late.start()
+        row = await writer.fetchrow(
+            "INSERT INTO solved_issues (query, solution, value_score)"
+            " VALUES ('How can I rotate the journal logs?', 'late', 0.7) RETURNING id, created_at"
+        )
+        vector = await learning.embedder.embed_query("How can I rotate the journal logs?")
+        await learning.store.upsert(
+            COLLECTION, [row["id"]], [vector], [point_payload(0.7, row["created_at"])]
+        )
+        higher = await learning.add("How do I enable flakes?", 0.8, age_days=1)
+        assert higher > row["id"]
+        unseen = await learning.run()
+        assert unseen.plan.duplicate == [] and unseen.plan.checked_through_id == higher
+        await late.commit()
+    finally:
+        await writer.close()
+    result = await learning.run()
+    assert not result.plan.full_scan
+    assert result.plan.duplicate_of == {checked: row["id"]}
+
+
+async def test_a_row_that_never_gets_a_point_does_not_hold_incremental_runs_back(
+    learning: LearningStore,
+):
+    lost = await learning.add("how to mount an NFS share", 0.8, age_days=1, with_point=False)
+    later = await learning.add("How do I rotate the journal logs?", 0.6, age_days=1)
+    # Without the sweep nothing gives it a point: later runs need not wait for it.
+    assert (await learning.run(orphan_cleanup=False)).plan.checked_through_id == later
+    # With the sweep it gets one in this run, and the next run compares it.
+    swept = await learning.run()
+    assert swept.done["reembedded"] == 1 and swept.plan.checked_through_id == lost - 1
+    assert (await learning.run()).plan.checked_through_id == later
 
 
 async def test_a_changed_similarity_triggers_a_full_scan(learning: LearningStore):
@@ -306,6 +375,63 @@ async def test_cli_run_status_metrics_and_restore(learning: LearningStore, tmp_p
     assert back.returncode == 0 and "restored 2 rows" in back.stdout
     again = aistack("gc", "restore", "--config", config, "--run", "1", "--reason", "expired")
     assert again.returncode == 2 and "no archived rows match run 1, reason expired" in again.stderr
+
+
+async def test_json_prints_counts_and_the_ids_on_request(learning: LearningStore):
+    await mixed_store(learning)
+    config = str(learning.config_file(max_solutions=6, prune_fraction=0.2))
+    await learning.close_store()
+    counts = aistack("gc", "run", "--config", config, "--dry-run", "--json")
+    assert counts.returncode == 0, counts.stderr
+    plain = json.loads(counts.stdout)
+    assert set(plain) == {"run", "dry_run", "seconds", "counts", "full_scan", "done"}
+    assert plain["counts"]["expired"] == 2 and plain["counts"]["orphan_points"] == 1
+    listed = aistack("gc", "run", "--config", config, "--dry-run", "--json", "--ids")
+    assert listed.returncode == 0, listed.stderr
+    dry = json.loads(listed.stdout)
+    assert dry["counts"] == plain["counts"]
+    assert len(dry["expired"]) == 2 and dry["orphan_points"] == [888_001]
+    real = aistack("gc", "run", "--config", config, "--json", "--ids")
+    assert real.returncode == 0, real.stderr
+    done = json.loads(real.stdout)
+    for key in ("expired", "pruned", "duplicate", "orphan_points", "rows_without_points"):
+        assert done[key] == dry[key], key
+    assert done["done"]["expired"] == 2 and done["run"] == 1
+    learning.open_store()
+    archived = await learning.archived()
+    assert archived["duplicate"] == [entry["id"] for entry in done["duplicate"]]
+
+
+async def test_text_shows_20_removed_ids_each_and_all_with_ids(learning: LearningStore):
+    await learning.db.execute(
+        "INSERT INTO solved_issues (query, solution, value_score, created_at)"
+        " SELECT 'stale answer ' || n, 's', 0.2, now() - interval '60 days'"
+        " FROM generate_series(1, 25) AS n"
+    )
+    config = str(learning.config_file())
+    await learning.close_store()
+    short = aistack("gc", "run", "--config", config, "--dry-run")
+    assert short.returncode == 0, short.stderr
+    assert "expired          25  " + " ".join(map(str, range(1, 21))) + " ...\n" in short.stdout
+    full = aistack("gc", "run", "--config", config, "--dry-run", "--ids")
+    assert "expired          25  " + " ".join(map(str, range(1, 26))) + "\n" in full.stdout
+
+
+async def test_re_embedding_reports_its_progress(learning: LearningStore):
+    # Rows another writer left without points, past the grace a write in flight gets.
+    await learning.db.execute(
+        "INSERT INTO solved_issues (query, solution, value_score, created_at)"
+        " SELECT 'question ' || n || ' about option ' || md5(n::text), 's', 0.8,"
+        " now() - interval '1 day' FROM generate_series(1, 600) AS n"
+    )
+    lines = io.StringIO()
+    result = await run_gc(learning.config(), learning.store, learning.embedder, progress=lines)
+    assert result.done["reembedded"] == 600
+    progress = [line for line in lines.getvalue().splitlines() if "re-embedded" in line]
+    # The first batch and the last are always reported; between them, one line a second.
+    assert progress[0] == "gc: re-embedded 256/600"
+    assert progress[-1] == "gc: re-embedded 600/600"
+    assert len(await learning.point_ids()) == 600
 
 
 async def test_gc_refuses_an_unmigrated_database(tmp_path, postgres, embedder):

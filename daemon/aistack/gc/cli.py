@@ -32,11 +32,20 @@ def register(commands: Any) -> None:
     run.add_argument(
         "--dry-run", action="store_true", help="print what a run would remove; change nothing"
     )
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument(
+        "--json", action="store_true", help="print the result as JSON: counts, not ids (see --ids)"
+    )
+    run.add_argument(
+        "--ids",
+        action="store_true",
+        help="also list every id: with --json every removed row (a duplicate with the row it"
+        " was merged into), orphan point and re-embedded row; in the text, every removed row"
+        f" instead of the first {SHOWN_IDS} of each policy",
+    )
     run.add_argument(
         "--full-scan",
         action="store_true",
-        help="compare every row with every row for duplicates, not only the new rows",
+        help="compare every row with every row for duplicates, not only the rows not compared yet",
     )
     run.add_argument(
         "--metrics-file",
@@ -124,14 +133,21 @@ async def write_figures(config: Config, store: Any, path: Path) -> None:
         raise Failure(f"cannot write --metrics-file {path}: {error.strerror}") from None
 
 
-def format_run(result: Any) -> str:
+def run_json(result: Any, ids: bool) -> str:
+    document = {**result.as_json(), **result.plan.ids_json()} if ids else result.as_json()
+    return json.dumps(document, indent=2)
+
+
+def format_run(result: Any, shown_ids: int | None = SHOWN_IDS) -> str:
+    """The run for a person; `shown_ids` removed ids per policy at most (None: all)."""
     plan = result.plan
     if result.dry_run:
         lines = ["gc: dry run, nothing changed. A run now would remove:"]
     else:
         lines = [f"gc: run {result.run_id} done in {result.seconds:.1f} s. Removed:"]
     for reason, ids in plan.removals():
-        shown = " ".join(map(str, ids[:SHOWN_IDS])) + (" ..." if len(ids) > SHOWN_IDS else "")
+        cut = len(ids) if shown_ids is None else shown_ids
+        shown = " ".join(map(str, ids[:cut])) + (" ..." if len(ids) > cut else "")
         lines.append(f"  {reason:<10} {len(ids):>8}  {shown}".rstrip())
     lines.append(
         f"  orphan points {len(plan.orphan_points)}, rows without points "
@@ -162,7 +178,10 @@ def run_gc_command(args: argparse.Namespace) -> int:
                 return EXIT_OK
             if args.metrics_file and not args.dry_run:
                 await write_figures(config, store, args.metrics_file)
-        print(json.dumps(result.as_json(), indent=2) if args.json else format_run(result))
+        if args.json:
+            print(run_json(result, args.ids))
+        else:
+            print(format_run(result, None if args.ids else SHOWN_IDS))
         return EXIT_OK
 
     return run_async(run(), config)

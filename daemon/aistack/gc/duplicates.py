@@ -4,8 +4,8 @@ similarity at or above the threshold, then which row of each cluster survives.
 Exact, not sampled (Qdrant's `search_matrix_pairs` samples and misses pairs): normalised
 vectors are multiplied tile by tile into one preallocated buffer, so the working memory
 is the tile (rows x columns x 4 bytes), not n x n. Incremental runs compare only the
-rows that arrived since the last run against all rows: their cost grows with what
-arrived, not with the store.
+rows not compared yet (those that arrived since the last run, and the few `gc.plan`
+names) against all rows: their cost grows with what arrived, not with the store.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ from aistack.stores.solutions import COLLECTION, point_payload
 log = EventLog("gc")
 STATEMENT_TIMEOUT_MS = 120_000
 LOCK_TIMEOUT_MS = 5_000
+# Rows embedded per call when points are written again (the sweep, a restore).
+EMBED_BATCH = 256
 
 
 class GcBusy(Failure):
@@ -180,7 +182,7 @@ async def _carry_out(
     await store.delete(COLLECTION, plan.orphan_points)
     done["orphan_points"] = len(plan.orphan_points)
     done["vectors_cleaned"] += len(plan.orphan_points)
-    done["reembedded"] = await embed_again(db, store, embedder, plan.rows_without_points)
+    done["reembedded"] = await embed_again(db, store, embedder, plan.rows_without_points, progress)
     done["batches"] = len(progress.batch_seconds)
     done["longest_batch_ms"] = round(1000 * max(progress.batch_seconds, default=0.0))
     await db.execute(
@@ -274,25 +276,39 @@ async def purge_archive(db: asyncpg.Connection, config: Config, now: datetime.da
 
 
 async def embed_again(
-    db: asyncpg.Connection, store: VectorStore, embedder: Embedder, ids: list[int]
+    db: asyncpg.Connection,
+    store: VectorStore,
+    embedder: Embedder,
+    ids: list[int],
+    progress: Progress,
 ) -> int:
     """Give rows that lost their point (or never got one) a point again."""
     repaired = 0
-    for batch in policies.batches(ids, 256):
-        records = await db.fetch(
-            "SELECT id, query, value_score, created_at FROM solved_issues"
-            " WHERE id = ANY($1::bigint[]) ORDER BY id",
-            batch,
-        )
-        if not records:
-            continue
-        vectors = await embedder.embed_documents([r["query"] for r in records])
-        await store.ensure_collection(COLLECTION, embedder.dimension)
-        await store.upsert(
-            COLLECTION,
-            [r["id"] for r in records],
-            vectors,
-            [point_payload(r["value_score"], r["created_at"]) for r in records],
-        )
-        repaired += len(records)
+    looked_at = 0
+    for batch in policies.batches(ids, EMBED_BATCH):
+        repaired += await embed_batch(db, store, embedder, batch)
+        # Rows deleted meanwhile count as looked at, so the last line reads total/total.
+        looked_at += len(batch)
+        progress.report("re-embedded", looked_at, len(ids))
     return repaired
+
+
+async def embed_batch(
+    db: asyncpg.Connection, store: VectorStore, embedder: Embedder, ids: list[int]
+) -> int:
+    records = await db.fetch(
+        "SELECT id, query, value_score, created_at FROM solved_issues"
+        " WHERE id = ANY($1::bigint[]) ORDER BY id",
+        ids,
+    )
+    if not records:
+        return 0
+    vectors = await embedder.embed_documents([r["query"] for r in records])
+    await store.ensure_collection(COLLECTION, embedder.dimension)
+    await store.upsert(
+        COLLECTION,
+        [r["id"] for r in records],
+        vectors,
+        [point_payload(r["value_score"], r["created_at"]) for r in records],
+    )
+    return len(records)

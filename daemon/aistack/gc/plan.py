@@ -55,9 +55,11 @@ class Plan:
         }
 
     def as_json(self) -> dict[str, Any]:
+        return {"counts": self.counts(), "full_scan": self.full_scan}
+
+    def ids_json(self) -> dict[str, Any]:
+        """Every id the plan names: a large run's are thousands, so only on request."""
         return {
-            "counts": self.counts(),
-            "full_scan": self.full_scan,
             "expired": self.expired,
             "pruned": self.pruned,
             "duplicate": [
@@ -206,9 +208,58 @@ async def choose_duplicates(
     return dict(zip(removed, kept_for, strict=True))
 
 
-async def dedup_state(connection: asyncpg.Connection) -> tuple[int, float] | None:
-    record = await connection.fetchrow("SELECT checked_through_id, similarity FROM gc_dedup_state")
-    return None if record is None else (record["checked_through_id"], record["similarity"])
+@dataclass(frozen=True, slots=True)
+class DedupState:
+    """What the last run's deduplication compared: every row up to `checked_through_id`,
+    at `similarity`, as the store stood when the run (started at `last_run_started`) read it."""
+
+    checked_through_id: int
+    similarity: float
+    last_run_started: datetime.datetime | None
+
+
+async def dedup_state(connection: asyncpg.Connection) -> DedupState | None:
+    # The run that wrote the state started no earlier than the last run marked done: if
+    # it failed after writing it, the earlier start only widens the look back.
+    record = await connection.fetchrow(
+        "SELECT checked_through_id, similarity,"
+        " (SELECT max(started_at) FROM gc_runs WHERE status = 'done') AS last_run_started"
+        " FROM gc_dedup_state"
+    )
+    if record is None:
+        return None
+    return DedupState(
+        record["checked_through_id"], record["similarity"], record["last_run_started"]
+    )
+
+
+async def compared_through(
+    connection: asyncpg.Connection, state: DedupState | None, similarity: float
+) -> int | None:
+    """The id up to which every row has been compared already; None: compare every row.
+
+    Ids come from an identity column, taken when a writer inserts, visible when it
+    commits: a learn transaction holds its id while it waits for Qdrant, so a row below
+    the last run's `checked_through_id` can appear after that run. Rows created shortly
+    before the last run started are compared again for that reason.
+    """
+    if state is None or state.similarity != similarity or state.last_run_started is None:
+        return None
+    late: int | None = await connection.fetchval(
+        "SELECT min(id) FROM solved_issues WHERE created_at >= $1",
+        policies.late_commit_cutoff(state.last_run_started),
+    )
+    return state.checked_through_id if late is None else min(state.checked_through_id, late - 1)
+
+
+def checked_through(ids: IdArray, waiting: IdArray, compared: int) -> int:
+    """The `checked_through_id` this run leaves: it compares every row with a vector, so
+    every row up to the highest id but the first row still waiting for its vector (rows
+    the orphan sweep embeds in this run, and young rows a writer may still give one)."""
+    if not ids.size:
+        return max(compared, 0)
+    highest = int(ids[-1])
+    return min(highest, int(waiting.min()) - 1) if waiting.size else highest
 
 
 async def make_plan(
@@ -244,16 +295,23 @@ async def make_plan(
     # finishes those first) explain their points; any other point is an orphan.
     explained = np.union1d(ids, np.array(pending, dtype=np.int64)) if pending else ids
     points = await load_points(store, explained, survivors, dimension, cutoff.timestamp())
+    pointless = survivors[~points.present]
+    old_pointless = await rows_older_than(connection, pointless, cutoff)
     if orphan_cleanup if orphan_cleanup is not None else config.orphan_cleanup:
         plan.orphan_points = points.orphans
-        plan.rows_without_points = await rows_older_than(
-            connection, survivors[~points.present], cutoff
-        )
+        plan.rows_without_points = old_pointless
+        waiting = pointless
+    else:
+        # Nothing gives an old row without a point its vector: waiting for it would
+        # make every later run compare every row after it. Should the sweep be turned
+        # on, that run embeds it and the next one compares it.
+        waiting = np.setdiff1d(pointless, np.asarray(old_pointless, dtype=np.int64))
 
-    state = await dedup_state(connection)
-    plan.full_scan = full_scan or state is None or state[1] != config.deduplicate_similarity
-    checked_through = -1 if plan.full_scan or state is None else state[0]
-    plan.checked_through_id = int(ids[-1]) if ids.size else max(checked_through, 0)
+    state = None if full_scan else await dedup_state(connection)
+    compared = await compared_through(connection, state, config.deduplicate_similarity)
+    plan.full_scan = compared is None
+    compared_id = -1 if compared is None else compared
+    plan.checked_through_id = checked_through(ids, waiting, compared_id)
 
     # Deduplicate the survivors that have a vector; ids ascend, so new rows come last.
     usable = points.present
@@ -261,7 +319,7 @@ async def make_plan(
     # Qdrant stores cosine vectors normalised already; normalising again is cheap, and
     # copying 100k x 384 floats is not, so the copy happens only when points are missing.
     matrix = points.vectors if usable.all() else points.vectors[usable]
-    first_new = int(np.searchsorted(with_vectors, checked_through, side="right"))
+    first_new = int(np.searchsorted(with_vectors, compared_id, side="right"))
 
     def find_pairs() -> list[tuple[IdArray, IdArray]]:
         duplicates.normalise_in_place(matrix)

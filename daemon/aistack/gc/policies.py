@@ -14,7 +14,8 @@ from aistack.config import GcConfig
 # Rows younger than this are never pruned: they have not had time to earn a score.
 PRUNE_GRACE = datetime.timedelta(days=1)
 # A point without a row, or a row without a point, younger than this may be a write in
-# flight (the gateway writes the point before it commits the row): leave it alone.
+# flight (the gateway writes the point before it commits the row): leave it alone. A row
+# created this long before a run read the store may also commit after that run.
 ORPHAN_GRACE = datetime.timedelta(minutes=10)
 
 
@@ -40,6 +41,12 @@ def prune_protected_after(now: datetime.datetime) -> datetime.datetime:
 
 def orphan_cutoff(now: datetime.datetime) -> datetime.datetime:
     return now - ORPHAN_GRACE
+
+
+def late_commit_cutoff(last_run_started: datetime.datetime) -> datetime.datetime:
+    """Rows created after this may have been in flight when the last run read the store,
+    and committed after it with an id it had passed: they are compared again."""
+    return last_run_started - ORPHAN_GRACE
 
 
 def archive_cutoff(config: GcConfig, now: datetime.datetime) -> datetime.datetime:

@@ -19,7 +19,13 @@ import asyncpg
 from aistack.config import Config
 from aistack.embedding import Embedder
 from aistack.errors import UsageError
-from aistack.gc.job import LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS, Progress, try_lock
+from aistack.gc.job import (
+    EMBED_BATCH,
+    LOCK_TIMEOUT_MS,
+    STATEMENT_TIMEOUT_MS,
+    Progress,
+    try_lock,
+)
 from aistack.observability.logs import EventLog
 from aistack.stores.postgres import connection
 from aistack.stores.qdrant import VectorStore
@@ -27,7 +33,6 @@ from aistack.stores.schema import require_current
 from aistack.stores.solutions import COLLECTION, COLUMNS, point_payload
 
 log = EventLog("gc")
-EMBED_BATCH = 256
 
 
 class NothingToRestore(UsageError):
