@@ -155,6 +155,29 @@ async def test_qdrant_down_leaves_no_row(gateway, learning):
     assert await learning.rows() == {}
 
 
+async def test_a_commit_that_fails_after_the_point_takes_the_point_back(gateway, learning):
+    # PostgreSQL refuses the row at COMMIT, after Qdrant took the point (a deferred check).
+    assert learning.db is not None
+    await learning.db.execute(
+        """
+        CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'refused at commit'; END $$;
+        CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON solved_issues
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();
+        """
+    )
+    server = await start(gateway, learning)
+    status, body, _ = await learn(server, {**VIM, "value_score": 0.5})
+    assert (status, body["detail"]) == (503, "postgres is unavailable; retry later")
+    assert await learning.rows() == {}
+    assert await learning.point_ids() == []
+    # The next learn of the query is not merged into a point without a row.
+    await learning.db.execute("DROP TRIGGER refuse_at_commit ON solved_issues")
+    status, body, _ = await learn(server, {**VIM, "value_score": 0.5})
+    assert status == 201 and "merged_into" not in body
+    assert await learning.point_ids() == [body["id"]]
+
+
 async def test_postgres_down_gives_503(gateway, learning):
     server = await gateway(
         store=learning.store, postgres={"dsn": "postgresql://postgres@127.0.0.1:9/aistack"}

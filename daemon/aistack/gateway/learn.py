@@ -2,25 +2,42 @@
 
 The row is inserted and its point written inside one PostgreSQL transaction, committed
 only after Qdrant took the point: a failed Qdrant write rolls the row back (503), so no
-row exists that search cannot find. A crash after the point and before the commit leaves
-a point without a row, which the GC's orphan sweep removes.
+row exists that search cannot find. A commit that fails after the point was written takes
+the point back out; a crash in between leaves a point without a row, which the GC's
+orphan sweep removes (and which a later learn finds with no row behind it, so it stores
+its own).
+
+"Is a near-copy stored?" and the insert run under a transaction-scoped advisory lock keyed
+by the normalised query (NFKC, case folded, white space runs as one space): the learns of
+one query, in any number of gateway processes sharing the database, take turns, and each
+sees the point of the one before, so fifty identical learns at once store one row. Near
+copies that are not the same text take different locks and can race each other into two
+rows; the GC's nightly deduplication merges those. A learn that waits for the lock longer
+than LOCK_WAIT_MS is answered 503 with Retry-After, as a busy store.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
 
-from aistack.gateway.answers import json_answer, problems_answer
-from aistack.gateway.requests import LearnRequest, RequestRejected, parse_request
+from aistack.gateway.answers import RETRY_AFTER_BUSY, error_answer, json_answer, problems_answer
+from aistack.gateway.requests import LearnRequest, RequestRejected, normalise_text, parse_request
 from aistack.gateway.schemas import LearnAnswer
 from aistack.gateway.state import STATE, GatewayState
-from aistack.gateway.steps import body_or_answer, dependency_down, embedded, screen
+from aistack.gateway.steps import body_or_answer, dependency_down, embedded, log, screen
 from aistack.stores import postgres
 from aistack.stores.qdrant import QdrantUnavailable
+from aistack.stores.schema import LEARN_LOCK_CLASS
 from aistack.stores.solutions import COLLECTION, point_payload
+
+# The longest a learn waits for a lock (its query's, or a row a GC batch holds), below the
+# pool's command_timeout (10 s) so that PostgreSQL's own lock_timeout error, which says
+# what happened, arrives before the client gives up on the statement.
+LOCK_WAIT_MS = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +85,8 @@ async def learn(request: web.Request) -> web.Response:
             await state.store.ensure_collection(COLLECTION, state.embedder.dimension)
             state.learn_collection_ready = True
         learned = await store_solution(state, item, vector)
+    except asyncpg.LockNotAvailableError as error:
+        return lock_wait_exceeded(state, error)
     except QdrantUnavailable as error:
         return dependency_down(state, "qdrant", error)
     except postgres.CONNECTION_ERRORS as error:
@@ -75,29 +94,67 @@ async def learn(request: web.Request) -> web.Response:
     return json_answer(learned.as_json(), status=201)
 
 
+def query_lock_key(query: str) -> int:
+    """The second int4 of a query's advisory lock: a hash of its normalised text that is the
+    same in every process (blake2b; Python's hash() is salted per process)."""
+    text = normalise_text(query).strip().encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "big", signed=True)
+
+
+async def lock_query(connection: asyncpg.Connection, query: str) -> None:
+    """Wait (at most LOCK_WAIT_MS) for this query's lock, held until the transaction ends."""
+    # One round trip for both statements; the values put into the text are integers.
+    await connection.execute(
+        f"SET LOCAL lock_timeout = {LOCK_WAIT_MS};"
+        f" SELECT pg_advisory_xact_lock({LEARN_LOCK_CLASS}, {query_lock_key(query)})"
+    )
+
+
 async def store_solution(state: GatewayState, item: LearnRequest, vector: list[float]) -> Learned:
     assert state.pool is not None and state.store is not None
     threshold = state.config.gc.deduplicate_similarity
-    async with postgres.acquire(state.pool) as connection, connection.transaction():
-        similar = await state.store.nearest(COLLECTION, vector, threshold)
-        if similar is not None and isinstance(similar.id, int):
-            merged = await merge_into(state, connection, similar.id, item)
-            if merged is not None:
-                return merged
-        row = await connection.fetchrow(
-            "INSERT INTO solved_issues (query, solution, value_score) VALUES ($1, $2, $3)"
-            " RETURNING id, created_at",
-            item.query,
-            item.solution,
-            item.value_score,
-        )
-        await state.store.upsert(
-            COLLECTION,
-            [row["id"]],
-            [vector],
-            [point_payload(item.value_score, row["created_at"])],
-        )
-        return Learned(row["id"])
+    written: int | None = None  # the point this learn wrote, while its row is uncommitted
+    try:
+        async with postgres.acquire(state.pool) as connection, connection.transaction():
+            await lock_query(connection, item.query)
+            similar = await state.store.nearest(COLLECTION, vector, threshold)
+            if similar is not None and isinstance(similar.id, int):
+                merged = await merge_into(state, connection, similar.id, item)
+                if merged is not None:
+                    return merged
+            row = await connection.fetchrow(
+                "INSERT INTO solved_issues (query, solution, value_score) VALUES ($1, $2, $3)"
+                " RETURNING id, created_at",
+                item.query,
+                item.solution,
+                item.value_score,
+            )
+            await state.store.upsert(
+                COLLECTION,
+                [row["id"]],
+                [vector],
+                [point_payload(item.value_score, row["created_at"])],
+            )
+            written = row["id"]
+            return Learned(row["id"])
+    except Exception:
+        # The commit failed after Qdrant took the point: the point goes now, not at the
+        # GC's next orphan sweep. If Qdrant fails this too, the sweep still removes it.
+        if written is not None:
+            await state.store.delete(COLLECTION, [written])
+        raise
+
+
+def lock_wait_exceeded(state: GatewayState, error: asyncpg.LockNotAvailableError) -> web.Response:
+    state.metrics.dependency_down("learn_lock")
+    log.warning("gateway.learn_lock_wait", error=str(error)[:300])
+    return error_answer(
+        503,
+        f"solved_issues is busy: a lock was held past lock_timeout ({LOCK_WAIT_MS} ms) by "
+        "another learn of the same query or a GC batch; retry later",
+        [{"loc": "postgres", "type": "busy", "msg": "lock_timeout"}],
+        {"Retry-After": str(RETRY_AFTER_BUSY)},
+    )
 
 
 async def merge_into(

@@ -150,13 +150,19 @@ class VectorStore:
     async def ensure_collection(self, name: str, dimension: int) -> None:
         def create() -> None:
             if not self._client.collection_exists(name):
-                self._client.create_collection(
-                    name,
-                    vectors_config=models.VectorParams(
-                        size=dimension, distance=models.Distance.COSINE
-                    ),
-                )
-                return
+                try:
+                    self._client.create_collection(
+                        name,
+                        vectors_config=models.VectorParams(
+                            size=dimension, distance=models.Distance.COSINE
+                        ),
+                    )
+                    return
+                except UnexpectedResponse as error:
+                    # 409: another process (a second gateway's first learn) created it
+                    # since the check; then its dimension is checked like any other's.
+                    if error.status_code != 409:
+                        raise
             info = self._client.get_collection(name)
             size = _vector_size(info)
             if size is not None and size != dimension:

@@ -17,6 +17,10 @@ from aistack.errors import Failure
 # pg_advisory_lock keys: one per job that must not run twice at once.
 MIGRATE_LOCK = 0x61697374_00000001
 GC_LOCK = 0x61697374_00000002
+# pg_advisory_xact_lock(LEARN_LOCK_CLASS, key): one lock per learned query, key a hash of
+# its text (gateway/learn.py). This two-int4 form is a key space of its own (pg_locks shows
+# it with objsubid 2, the int8 form above with 1), so no hash can meet the jobs' locks.
+LEARN_LOCK_CLASS = 0x61697374
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the store, the GC's runs and its archive.
