@@ -128,6 +128,45 @@ async def test_a_held_query_lock_delays_only_that_query_and_times_out_as_busy(
     assert 'aistack_dependency_unavailable_total{dependency="learn_lock"} 1.0' in metrics
 
 
+async def test_learns_queued_behind_one_query_hold_one_connection_not_one_each(
+    gateway, learning: LearningStore
+):
+    """Twenty learns of one query wait behind a lock another gateway holds: one of them
+    waits in PostgreSQL, the rest take turns in the process, and the pool stays free for
+    reading solutions back."""
+    server = await gateway(store=learning.store, postgres={"dsn": learning.dsn}, **RACE_LIMITS)
+    url = str(server.make_url("/hybrid/learn"))
+    held = solution(2, 0)
+    row = await learning.add("a stored question", 0.5)
+    key = learn.query_lock_key(held["query"])
+    await db(learning).execute("SELECT pg_advisory_lock($1, $2)", LEARN_LOCK_CLASS, key)
+    waiting = asyncio.create_task(learn_all([url], [held] * 20))
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            waiters = await db(learning).fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+            )
+            if waiters:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # every learn has been embedded and queued by now
+        waiters = await db(learning).fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+        )
+        assert waiters == 1
+        # The pool has connections left for a read while the crowd waits.
+        async with ClientSession() as session:
+            async with session.get(server.make_url(f"/hybrid/solutions/{row}")) as response:
+                assert response.status == 200
+    finally:
+        await db(learning).execute("SELECT pg_advisory_unlock_all()")
+    answers = await waiting
+    assert {status for status, _ in answers} == {201}
+    assert len({answer["id"] for _, answer in answers}) == 1
+    assert len(await learning.rows()) == 2
+
+
 def db(learning: LearningStore) -> Any:
     assert learning.db is not None
     return learning.db

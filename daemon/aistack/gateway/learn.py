@@ -12,8 +12,10 @@ by the normalised query (NFKC, case folded, white space runs as one space): the 
 one query, in any number of gateway processes sharing the database, take turns, and each
 sees the point of the one before, so fifty identical learns at once store one row. Near
 copies that are not the same text take different locks and can race each other into two
-rows; the GC's nightly deduplication merges those. A learn that waits for the lock longer
-than LOCK_WAIT_MS is answered 503 with Retry-After, as a busy store.
+rows; the GC's nightly deduplication merges those. Inside one process the learns of one
+query first take turns (`turns.QueryTurns`), so one connection per query, not one per
+learn, waits for the lock. A learn that waits longer than LOCK_WAIT_MS, for its turn or
+for the lock, is answered 503 with Retry-After, as a busy store.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from aistack.gateway.requests import LearnRequest, RequestRejected, normalise_te
 from aistack.gateway.schemas import LearnAnswer
 from aistack.gateway.state import STATE, GatewayState
 from aistack.gateway.steps import body_or_answer, dependency_down, embedded, log, screen
+from aistack.gateway.turns import TurnNotReached
 from aistack.stores import postgres
 from aistack.stores.qdrant import QdrantUnavailable
 from aistack.stores.schema import LEARN_LOCK_CLASS
@@ -84,8 +87,10 @@ async def learn(request: web.Request) -> web.Response:
         if not state.learn_collection_ready:
             await state.store.ensure_collection(COLLECTION, state.embedder.dimension)
             state.learn_collection_ready = True
-        learned = await store_solution(state, item, vector)
-    except asyncpg.LockNotAvailableError as error:
+        key = query_lock_key(item.query)
+        async with state.learn_turns.turn(key, LOCK_WAIT_MS / 1000):
+            learned = await store_solution(state, item, vector, key)
+    except (asyncpg.LockNotAvailableError, TurnNotReached) as error:
         return lock_wait_exceeded(state, error)
     except QdrantUnavailable as error:
         return dependency_down(state, "qdrant", error)
@@ -101,22 +106,24 @@ def query_lock_key(query: str) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "big", signed=True)
 
 
-async def lock_query(connection: asyncpg.Connection, query: str) -> None:
+async def lock_query(connection: asyncpg.Connection, key: int) -> None:
     """Wait (at most LOCK_WAIT_MS) for this query's lock, held until the transaction ends."""
     # One round trip for both statements; the values put into the text are integers.
     await connection.execute(
         f"SET LOCAL lock_timeout = {LOCK_WAIT_MS};"
-        f" SELECT pg_advisory_xact_lock({LEARN_LOCK_CLASS}, {query_lock_key(query)})"
+        f" SELECT pg_advisory_xact_lock({LEARN_LOCK_CLASS}, {key})"
     )
 
 
-async def store_solution(state: GatewayState, item: LearnRequest, vector: list[float]) -> Learned:
+async def store_solution(
+    state: GatewayState, item: LearnRequest, vector: list[float], key: int
+) -> Learned:
     assert state.pool is not None and state.store is not None
     threshold = state.config.gc.deduplicate_similarity
     written: int | None = None  # the point this learn wrote, while its row is uncommitted
     try:
         async with postgres.acquire(state.pool) as connection, connection.transaction():
-            await lock_query(connection, item.query)
+            await lock_query(connection, key)
             similar = await state.store.nearest(COLLECTION, vector, threshold)
             if similar is not None and isinstance(similar.id, int):
                 merged = await merge_into(state, connection, similar.id, item)
@@ -145,7 +152,7 @@ async def store_solution(state: GatewayState, item: LearnRequest, vector: list[f
         raise
 
 
-def lock_wait_exceeded(state: GatewayState, error: asyncpg.LockNotAvailableError) -> web.Response:
+def lock_wait_exceeded(state: GatewayState, error: Exception) -> web.Response:
     state.metrics.dependency_down("learn_lock")
     log.warning("gateway.learn_lock_wait", error=str(error)[:300])
     return error_answer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -18,6 +18,7 @@ from aistack.gateway.embedqueue import EmbeddingQueue
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.ratelimit import RateLimiter
 from aistack.gateway.requests import ContentRules, SearchParser, SolutionsQuery
+from aistack.gateway.turns import QueryTurns
 from aistack.stores.qdrant import VectorStore
 
 
@@ -70,6 +71,7 @@ class GatewayState:
     totals: CollectionTotals | None = None
     learn_collection_ready: bool = False
     cursor_key: bytes | None = None  # read from PostgreSQL on the first listing
+    learn_turns: QueryTurns = field(default_factory=QueryTurns)
 
 
 STATE = web.AppKey("aistack_state", GatewayState)
