@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from aistack.demo.run import FILTERED_SEARCH
 from tests.test_gateway_dependencies import free_port
 from tests.tools import tool_missing
 
@@ -553,6 +554,17 @@ def test_demo_serves_then_ctrl_c_leaves_nothing_behind(tmp_path):
         assert f"curl -s http://127.0.0.1:{port}/vector/search" in printed
         answer = search(port, "install")
         assert answer["total"] == 231 and answer["results"]
+        # The filtered search it prints: the demo declares the corpus's topics filterable.
+        assert FILTERED_SEARCH in printed
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/vector/search",
+            data=FILTERED_SEARCH.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            networking = json.load(response)
+        assert networking["total"] == 14 and len(networking["results"]) == 10
+        assert {hit["payload"]["topic"] for hit in networking["results"]} == {"networking"}
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/hybrid/learn",
             data=json.dumps({"query": "q", "solution": "s", "value_score": 0.5}).encode(),

@@ -13,6 +13,7 @@ import regex
 
 from aistack.config import (
     ConfigError,
+    ValidationConfig,
     load_config,
     read_secret,
     validate_config,
@@ -299,3 +300,55 @@ def test_json_value_and_key_errors_name_the_key_and_line(tmp_path):
         load_config(write(tmp_path, "a.json", text))
     assert "a.json:4: gateway.max_body_bytes: Input should be a valid integer" in str(caught.value)
     assert "a.json:5: unknown key 'gateway.bogus'" in str(caught.value)
+
+
+# -- validation.filterable: the payload keys a search's filter may match -----------------
+
+
+@pytest.mark.parametrize(
+    ("filterable", "message"),
+    [
+        (
+            {"evil": ["x"]},
+            "validation.filterable: 'evil' is not one of validation.collections: "
+            "add it there or drop it here",
+        ),
+        (
+            {"nixos_docs": ["a.b"]},
+            "validation.filterable: nixos_docs: 'a.b' is not a payload key (1-64 characters of "
+            "A-Z a-z 0-9 _ -, not starting with a digit or -)",
+        ),
+        ({"nixos_docs": [""]}, "nixos_docs: '' is not a payload key"),
+        ({"nixos_docs": ["x" * 65]}, "is not a payload key"),
+        ({"nixos_docs": ["1st"]}, "nixos_docs: '1st' is not a payload key"),
+        (
+            {"solved_issues": ["value_score"]},
+            "validation.filterable: solved_issues: 'value_score' is reserved for the range "
+            "filter of solved_issues, it cannot be an exact-match key",
+        ),
+        (
+            {"nixos_docs": ["created_at"]},
+            "nixos_docs: 'created_at' is reserved for the range filter of solved_issues",
+        ),
+        (
+            {"nixos_docs": ["topic", "topic"]},
+            "validation.filterable: nixos_docs: names a key twice",
+        ),
+        ({"nixos_docs": "topic"}, "validation.filterable.nixos_docs: Input should be a valid list"),
+    ],
+)
+def test_bad_filterable_keys_are_configuration_errors(filterable, message, tmp_path):
+    data = {"qdrant": {"path": str(tmp_path)}, "validation": {"filterable": filterable}}
+    with pytest.raises(ConfigError) as refused:
+        validate_config(data, json.dumps(data, indent=1), "aistack.json")
+    assert message in str(refused.value)
+    assert re.match(r"aistack\.json:\d+: validation\.filterable", str(refused.value))
+
+
+def test_filterable_names_a_collection_of_this_file(tmp_path):
+    data = {
+        "qdrant": {"path": str(tmp_path)},
+        "validation": {"collections": ["docs"], "filterable": {"docs": ["topic"]}},
+    }
+    assert validate_config(data).validation.filterable == {"docs": ["topic"]}
+    assert ValidationConfig().filterable == {}

@@ -10,6 +10,7 @@ line per test with its counts (the bench reads it).
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 import os
 import signal
@@ -106,7 +107,10 @@ def fuzzed_gateway(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> I
         "gateway": {"listen": [f"127.0.0.1:{port}"], "acme_webroot": str(tmp / "webroot")},
         "qdrant": {"path": str(tmp / "qdrant")},
         "postgres": {"dsn": postgres.create_database("fuzz")},
-        "validation": {"rate_limits": ["100000/second", "10000000/hour"]},
+        "validation": {
+            "rate_limits": ["100000/second", "10000000/hour"],
+            "filterable": {COLLECTION: ["topic"]},
+        },
     }
     path = tmp / "aistack.json"
     path.write_text(json.dumps(config))
@@ -128,6 +132,7 @@ def fuzzed_gateway(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> I
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, process, log)
+        learn_solutions(base)
         yield base
     finally:
         if process.poll() is None:
@@ -140,6 +145,31 @@ def fuzzed_gateway(postgres: Any, tmp_path_factory: pytest.TempPathFactory) -> I
     # A crash the answers did not show (an unhandled exception is logged, then answered
     # 500, which the checks would have caught) must not hide in the log either.
     assert "gateway.unhandled" not in log.read_text()
+
+
+def post_json(base: str, path: str, body: object) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"{base}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def learn_solutions(base: str) -> None:
+    """A few rows in solved_issues, so that its range filters select from real points."""
+    for number, score in enumerate((0.3, 0.6, 0.9)):
+        body = {
+            "query": f"fuzz question {number} about nixos option {number * 7}",
+            "solution": f"set option {number}",
+            "value_score": score,
+        }
+        status, answer = post_json(base, "/hybrid/learn", body)
+        assert status == 201, answer
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +242,72 @@ def test_fuzz_operation(api_schema: Any, fuzzed_gateway: str, label: str, mode: 
             }
         )
     assert not failures, failures[0]
+
+
+# Arbitrary filters: JSON of every kind where the grammar wants an object, a range or an
+# exact value, keys the configuration declares or not, times in any zone and any year.
+ZONES = [datetime.UTC, datetime.timezone(datetime.timedelta(hours=5, minutes=30))]
+ZONES += [datetime.timezone(datetime.timedelta(hours=-23, minutes=-59))]
+if schemathesis is not None:
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+        max_leaves=8,
+    )
+    times = st.datetimes(timezones=st.sampled_from(ZONES)).map(lambda t: t.isoformat())
+    bounds = st.integers() | st.floats() | times | json_values
+    ranges = st.dictionaries(
+        st.sampled_from(["gt", "gte", "lt", "lte"]) | st.text(max_size=4), bounds, max_size=5
+    )
+    filter_keys = st.sampled_from(["value_score", "created_at", "topic", "title", "text"])
+    filters = json_values | st.dictionaries(
+        filter_keys | st.text(max_size=6),
+        ranges | st.sampled_from(["install", "boot", "networking"]) | json_values,
+        max_size=6,
+    )
+
+
+def test_arbitrary_filters_never_fail_the_server(fuzzed_gateway: str) -> None:
+    """Every filter is a 200 or a 422 naming its rule, never a 500 nor Qdrant's error."""
+    statuses: collections.Counter[int] = collections.Counter()
+
+    @given(
+        collection=st.sampled_from([COLLECTION, "solved_issues", "evil_collection"]),
+        search_filter=filters,
+        offset=st.integers(min_value=0, max_value=40),
+    )
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def fuzz(collection: str, search_filter: Any, offset: int) -> None:
+        body = {"collection": collection, "query": "nix", "limit": 5, "offset": offset}
+        status, answer = post_json(
+            fuzzed_gateway, "/vector/search", {**body, "filter": search_filter}
+        )
+        statuses[status] += 1
+        assert status in (200, 422), (status, answer)
+        if status == 422:
+            assert answer["errors"] and all(item["msg"] for item in answer["errors"])
+            return
+        # The page agrees with its total: more beyond it exactly when the total says so.
+        shown = offset + len(answer["results"])
+        assert answer["has_more"] is (answer["total"] > shown)
+        assert not answer["results"] or answer["total"] >= shown
+
+    started = time.monotonic()
+    try:
+        fuzz()
+    finally:
+        report(
+            {
+                "fuzzer": "hypothesis",
+                "operation": "POST /vector/search filter",
+                "cases": sum(statuses.values()),
+                "statuses": dict(sorted(statuses.items())),
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
+    assert statuses[200], statuses

@@ -71,6 +71,7 @@ FULL = """{
       listen = [ "127.0.0.1:8080" ];
       collections = [ "nixos_docs" "solved_issues" ];
       rateLimits = [ "30/minute" "500/hour" ];
+      filterable = { nixos_docs = [ "topic" ]; };
       openFirewall = true;
     };
     gc = {
@@ -217,6 +218,7 @@ def test_rendered_settings_are_a_valid_daemon_config():
     settings = evaluate(FULL)["settings"]
     config = validate_config(settings)
     assert config.validation.rate_limits == ["30/minute", "500/hour"]
+    assert config.validation.filterable == {"nixos_docs": ["topic"]}
     assert config.gc.max_solutions == 50000 and config.gc.min_value_score == 0.4
     assert config.acme.domains == ["ai.example.org", "www.ai.example.org"]
     assert config.acme.eab_hmac_key_file == "acme-eab-hmac"
@@ -277,6 +279,10 @@ def test_the_build_checks_the_rendered_settings_and_installs_them(tmp_path):
         (
             'validation = { enable = true; collections = [ "bad name!" ]; };',
             "validation.collections: 'bad name!'",
+        ),
+        (
+            'validation = { enable = true; filterable = { telemetry = [ "host" ]; }; };',
+            "validation.filterable: 'telemetry' is not one of validation.collections",
         ),
         ('acme.keyType = "dsa";', "acme.key_type: "),
         ("gc = { enable = true; minValueScore = 1.5; };", "gc.min_value_score: "),

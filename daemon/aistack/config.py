@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -32,6 +33,12 @@ from aistack.errors import UsageError
 
 # Patterns are used with fullmatch: `$` would also match before a trailing newline.
 COLLECTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A payload key a filter may name: a plain top-level key. Qdrant reads "." and "[]" in a
+# key as a path into nested values, which `validation.filterable` does not offer.
+FILTER_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+# The learning store's range conditions (the request model declares them for
+# solved_issues): a collection cannot also declare them as exact-match keys.
+RANGE_FILTER_KEYS = ("value_score", "created_at")
 RATE_LIMIT = re.compile(r"\s*(\d+)\s*/\s*(second|minute|hour|day)\s*")
 EMAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 RATE_WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -246,6 +253,8 @@ class ValidationConfig(Section):
     rate_limit_storage: str = "memory://"
     rate_limit_max_clients: int = Field(default=100_000, ge=1, le=10_000_000)
     ipv6_prefix: int = Field(default=64, ge=1, le=128)
+    # Payload keys searches may filter on by exact match, per collection.
+    filterable: dict[str, list[str]] = Field(default_factory=dict)
     _rate_windows: tuple[RateWindow, ...] = PrivateAttr()
     _rate_limit_redis_url: str | None = PrivateAttr()
 
@@ -257,6 +266,32 @@ class ValidationConfig(Section):
                 raise ValueError(f"{name!r} is not 1-64 characters of A-Z a-z 0-9 _ -")
         if len(set(value)) != len(value):
             raise ValueError("names a collection twice")
+        return value
+
+    @field_validator("filterable")
+    @classmethod
+    def _filterable(cls, value: dict[str, list[str]], info: ValidationInfo) -> dict[str, list[str]]:
+        # `collections` is validated first (declared first); absent here, it failed itself.
+        served = info.data.get("collections")
+        for collection, keys in value.items():
+            if served is not None and collection not in served:
+                raise ValueError(
+                    f"{collection!r} is not one of validation.collections: "
+                    "add it there or drop it here"
+                )
+            for key in keys:
+                if not FILTER_KEY.fullmatch(key):
+                    raise ValueError(
+                        f"{collection}: {key!r} is not a payload key "
+                        "(1-64 characters of A-Z a-z 0-9 _ -, not starting with a digit or -)"
+                    )
+                if key in RANGE_FILTER_KEYS:
+                    raise ValueError(
+                        f"{collection}: {key!r} is reserved for the range filter of "
+                        "solved_issues, it cannot be an exact-match key"
+                    )
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"{collection}: names a key twice")
         return value
 
     @field_validator("rate_limits")

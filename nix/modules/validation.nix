@@ -51,6 +51,18 @@ let
       description = "Most results one search may ask for.";
       example = 100;
     };
+    filterable = {
+      key = "filterable";
+      type = types.attrsOf (types.listOf types.str);
+      description = ''
+        Payload keys a search's `filter` may match exactly, per collection (each one of
+        `collections`). `value_score` and `created_at` are the ranges of `solved_issues`
+        and need no entry.
+      '';
+      example = {
+        nixos_docs = [ "topic" ];
+      };
+    };
   };
 in
 {

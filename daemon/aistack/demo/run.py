@@ -29,6 +29,10 @@ log = EventLog("demo")
 LEARN_FIRST = '{"query": "How to install vim", "solution": "pkgs.vim", "value_score": 0.8}'
 LEARN_AGAIN = '{"query": "how to install vim?", "solution": "programs.vim", "value_score": 0.9}'
 
+FILTERED_SEARCH = (
+    '{"collection": "nixos_docs", "query": "open a port", "filter": {"topic": "networking"}}'
+)
+
 GC_INTERVAL_SECONDS = 600
 
 
@@ -38,6 +42,8 @@ def demo_config(directory: Path, listen: str, dsn: str) -> Config:
             "gateway": {"listen": [listen]},
             "qdrant": {"path": str(directory / "qdrant")},
             "postgres": {"dsn": dsn},
+            # The sample corpus files every document under a topic.
+            "validation": {"filterable": {"nixos_docs": ["topic"]}},
         },
         name="<demo>",
     )
@@ -62,6 +68,8 @@ def try_lines(listen: str) -> str:
                 base=base,
                 body='{"collection": "nixos_docs", "query": "install", "limit": 10, "offset": 20}',
             ),
+            "  # only the documents of one topic (total counts only those):",
+            "  " + search.format(base=base, body=FILTERED_SEARCH),
             "  # refused with 422, the rule named:",
             "  " + search.format(base=base, body='{"collection": "evil_collection", "query": "x"}'),
             "  "

@@ -6,7 +6,9 @@ Every rule runs inside pydantic-core, with no Python validator: the refusal path
 cheap (a Python validator that raises costs more than the rest of the validation, measured
 under load). So control characters are a pattern, and the collection a `Literal` of the
 names the caller may use: an unknown and a forbidden name fail the same check and get the
-same bytes back.
+same bytes back. One rule depends on the collection and runs in Python, after the model
+validated and only for requests that did: which keys a `filter` names, and how many
+(`FilterRules`; pydantic-core cannot count the keys of a model with extra keys).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
-from aistack.config import COLLECTION_NAME, ValidationConfig
+from aistack.config import COLLECTION_NAME, RANGE_FILTER_KEYS, ValidationConfig
+from aistack.gateway.filters import MAX_CONDITIONS, OPERATORS, SearchFilter
 from aistack.gateway.schemas import ErrorItem
+from aistack.stores.solutions import COLLECTION as LEARNING_COLLECTION
 
 # The rule of config.COLLECTION_NAME, anchored for pydantic-core and JSON Schema.
 COLLECTION_PATTERN = f"^{COLLECTION_NAME.pattern}$"
@@ -95,6 +99,7 @@ class SearchRequest(StrictModel):
     query: str
     limit: int
     offset: int
+    filter: SearchFilter | None
 
 
 def search_request_model(
@@ -122,6 +127,7 @@ def search_request_model(
         ]
         limit: Annotated[int, Field(ge=1, le=config.max_limit)] = config.default_limit
         offset: Annotated[int, Field(ge=0, le=config.max_offset)] = 0
+        filter: SearchFilter | None = None  # absent or null: no filter
 
     ConfiguredSearchRequest.__name__ = "SearchRequest"
     return ConfiguredSearchRequest
@@ -152,13 +158,55 @@ class SearchParser:
     def __init__(self, config: ValidationConfig) -> None:
         self._config = config
         self._models: dict[frozenset[str], type[SearchRequest]] = {}
+        self._filter_rules = FilterRules(config.filterable)
 
     def parse(self, body: bytes, collections: frozenset[str]) -> SearchRequest | list[Problem]:
-        """The request, or its problems (see `validate`)."""
+        """The request, or its problems (see `validate`; then `FilterRules`)."""
         model = self._models.get(collections)
         if model is None:
             model = self._models[collections] = search_request_model(self._config, collections)
-        return validate(model, body)
+        request = validate(model, body)
+        if isinstance(request, list) or request.filter is None:
+            return request
+        return self._filter_rules.problems(request.collection, request.filter) or request
+
+
+class FilterRules:
+    """Which filters each collection takes: the payload keys `validation.filterable`
+    declares, and the learning store's two ranges. The rest of the grammar is the model's."""
+
+    def __init__(self, filterable: dict[str, list[str]]) -> None:
+        self._keys = {name: frozenset(keys) for name, keys in filterable.items()}
+        self._listed = {name: ", ".join(sorted(keys)) for name, keys in filterable.items()}
+
+    def problems(self, collection: str, search_filter: SearchFilter) -> list[Problem]:
+        """What `search_filter` asks of `collection` that it does not offer. Only ever asked
+        about a collection the caller may use: naming its filterable keys tells nothing more
+        than the configuration grants, and whether a key is in the payloads never matters."""
+        problems = []
+        conditions = search_filter.conditions()
+        if conditions > MAX_CONDITIONS:
+            message = f"at most {MAX_CONDITIONS} conditions (got {conditions})"
+            problems.append(
+                Problem("filter", "too_many_conditions", message, "too_many_conditions")
+            )
+        if collection != LEARNING_COLLECTION:
+            for key in RANGE_FILTER_KEYS:
+                if getattr(search_filter, key) is not None:
+                    problems.append(
+                        _unfilterable(key, f"a range filter of {LEARNING_COLLECTION} only")
+                    )
+        keys = self._keys.get(collection, frozenset())
+        for key in search_filter.exact():
+            if key not in keys:
+                offered = self._listed.get(collection) or "none"
+                message = f"not filterable in this collection (filterable: {offered})"
+                problems.append(_unfilterable(key, message))
+        return problems
+
+
+def _unfilterable(key: str, message: str) -> Problem:
+    return Problem(_location(("filter", key)), "unfilterable_key", message, "unfilterable_key")
 
 
 class SolutionsQuery(BaseModel):
@@ -241,6 +289,8 @@ def _problem(error: ErrorDetails) -> Problem:
     if loc == ("collection",) and kind in ("literal_error", "string_pattern_mismatch"):
         # Not in the caller's set, or not even a well-formed name: the same answer.
         return UNKNOWN_COLLECTION
+    if loc and loc[0] == "filter":
+        return _filter_problem(error)
     location = _location(loc)
     if kind == "string_pattern_mismatch":
         # The one pattern left is NO_CONTROL_CHARACTERS (query, solution).
@@ -249,6 +299,36 @@ def _problem(error: ErrorDetails) -> Problem:
         )
     message, reason = _describe(kind, error)
     return Problem(location, kind, message, reason)
+
+
+OPERATOR_LIST = ", ".join(OPERATORS)
+FILTER_OBJECT_RULE = "must be a JSON object of conditions"
+RANGE_RULE = f"a range is an object with at least one of {OPERATOR_LIST}"
+OPERATOR_RULE = f"unknown operator: a range takes {OPERATOR_LIST}"
+SCORE_BOUND_RULE = "a value_score bound is a finite number"
+TIME_BOUND_RULE = (
+    "a created_at bound is an RFC 3339 date-time with a time zone, e.g. 2026-11-01T00:00:00Z"
+)
+
+
+def _filter_problem(error: ErrorDetails) -> Problem:
+    """A problem with the filter's grammar (filters.SearchFilter): each message names the
+    rule, all under one reason."""
+    loc = error["loc"]
+    kind = error["type"]
+    if len(loc) == 1:
+        message = FILTER_OBJECT_RULE
+    elif len(loc) == 4 and loc[-1] == "[key]":  # a range's key that is no operator
+        loc, kind, message = loc[:-1], "unknown_operator", OPERATOR_RULE
+    elif len(loc) == 2 and loc[1] in RANGE_FILTER_KEYS:  # not an object, or an empty one
+        message = RANGE_RULE
+    elif loc[1] == "value_score":
+        message = SCORE_BOUND_RULE
+    elif loc[1] == "created_at":
+        message = TIME_BOUND_RULE
+    else:  # an exact match's value
+        message = error["msg"]
+    return Problem(_location(loc), kind, message, "invalid_filter")
 
 
 def _describe(kind: str, error: ErrorDetails) -> tuple[str, str]:

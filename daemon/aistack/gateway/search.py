@@ -1,19 +1,24 @@
 """`POST /vector/search`: semantic search in one collection, one page at a time.
 
-`total` comes from a cached count per collection (see `state.CollectionTotals`), corrected
-by what the page itself proves; `has_more` is exact, from asking for one hit more.
+`total` comes from a cached count per collection (see `state.CollectionTotals`), or for a
+filtered search (`filters`) from an exact count of what the filter selects, corrected by
+what the page itself proves; `has_more` is exact, from asking for one hit more.
 A search of `solved_issues` answers with the stored rows, read back from PostgreSQL
 (`solutions.read_back`).
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from aistack.gateway import solutions
 from aistack.gateway.answers import json_answer, problems_answer
+from aistack.gateway.filters import qdrant_filter
+from aistack.gateway.requests import SearchRequest
 from aistack.gateway.schemas import SearchAnswer, SearchHit
-from aistack.gateway.state import STATE
+from aistack.gateway.state import STATE, GatewayState
 from aistack.gateway.steps import (
     body_or_answer,
     caller_collections,
@@ -21,7 +26,7 @@ from aistack.gateway.steps import (
     embedded,
     screen,
 )
-from aistack.stores.qdrant import QdrantUnavailable
+from aistack.stores.qdrant import Hit, QdrantUnavailable
 from aistack.stores.solutions import COLLECTION
 
 
@@ -48,8 +53,7 @@ async def search(request: web.Request) -> web.Response:
     try:
         # One more than asked for: `has_more` is then exact at the last page, whatever
         # the cached total says.
-        hits = await state.store.search(query.collection, vector, query.limit + 1, query.offset)
-        total = await state.totals.get(query.collection)
+        hits, total = await hits_and_total(state, query, vector)
     except QdrantUnavailable as error:
         return dependency_down(state, "qdrant", error)
     has_more = len(hits) > query.limit
@@ -71,6 +75,22 @@ async def search(request: web.Request) -> web.Response:
         "has_more": has_more,
     }
     return json_answer(answer)
+
+
+async def hits_and_total(
+    state: GatewayState, query: SearchRequest, vector: list[float]
+) -> tuple[list[Hit], int]:
+    """One hit more than the page, and the collection's count: cached for a plain search,
+    exact (`CollectionTotals.selected`) for a filtered one."""
+    assert state.store is not None and state.totals is not None
+    if query.filter is None:
+        hits = await state.store.search(query.collection, vector, query.limit + 1, query.offset)
+        return hits, await state.totals.get(query.collection)
+    selected = qdrant_filter(query.filter)
+    return await asyncio.gather(
+        state.store.search(query.collection, vector, query.limit + 1, query.offset, selected),
+        state.totals.selected(query.collection, selected),
+    )
 
 
 def page_total(cached: int, offset: int, returned: int, has_more: bool) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from qdrant_client import models
 
 from aistack.config import Config
 from aistack.embedding import Embedder
@@ -48,6 +49,15 @@ class CollectionTotals:
             value = await self._store.count(collection)
             self._values[collection] = (value, time.monotonic())
             return value
+
+    async def selected(self, collection: str, query_filter: models.Filter) -> int:
+        """The exact count of the points `query_filter` selects, counted for every request.
+
+        Not cached: the key would be a filter the client chose (a cache a client can grow),
+        created_at ranges that follow the clock rarely repeat, and a cached count goes stale
+        as solutions are learned, where a filtered `total` must stay exact.
+        """
+        return await self._store.count(collection, query_filter)
 
 
 @dataclass

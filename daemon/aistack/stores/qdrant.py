@@ -186,13 +186,25 @@ class VectorStore:
         await self._run(lambda: self._client.upsert(name, points=points, wait=True))
 
     async def search(
-        self, name: str, vector: Sequence[float], limit: int, offset: int
+        self,
+        name: str,
+        vector: Sequence[float],
+        limit: int,
+        offset: int,
+        query_filter: models.Filter | None = None,
     ) -> list[Hit]:
+        """The page of hits from `offset`, of the points `query_filter` selects (all: None)."""
+
         def query() -> list[Hit]:
             if not self._client.collection_exists(name):
                 return []
             response = self._client.query_points(
-                name, query=list(vector), limit=limit, offset=offset, with_payload=True
+                name,
+                query=list(vector),
+                query_filter=query_filter,
+                limit=limit,
+                offset=offset,
+                with_payload=True,
             )
             return [Hit(_plain_id(p.id), p.score, p.payload or {}) for p in response.points]
 
@@ -284,12 +296,15 @@ class VectorStore:
 
         return await self._run(measure)
 
-    async def count(self, name: str) -> int:
+    async def count(self, name: str, query_filter: models.Filter | None = None) -> int:
+        """The points of the collection, or those `query_filter` selects: exactly then
+        (a page's `total`), approximately on a server without one (cheap; see CollectionTotals)."""
+
         def count() -> int:
             if not self._client.collection_exists(name):
                 return 0
-            # Approximate on a server (cheap); local mode counts exactly either way.
-            return self._client.count(name, exact=self.local).count
+            exact = self.local or query_filter is not None
+            return self._client.count(name, count_filter=query_filter, exact=exact).count
 
         return await self._run(count)
 
