@@ -15,7 +15,7 @@ VM drifts by 20% within minutes; runs side by side in time see the same drift):
   (d) POST /vector/search on a 10,000-document collection, the query different on every
       request (every request is embedded: the query LRU cache never hits), and (d') the
       same with 50 fixed queries (answered from the query cache after the first 50);
-  (e) as (d), on `solved_issues` holding the same 10,000 vectors as learned solutions:
+  (s) as (d), on `solved_issues` holding the same 10,000 vectors as learned solutions:
       each page's rows are read back from a private PostgreSQL (10,000 rows).
 
 Plus the memory of the in-process limiter per tracked client (tracemalloc, 100,000 IPv4
@@ -416,7 +416,7 @@ def cached_store(work: Path, postgres_dsn: str) -> Path:
     return final
 
 
-# --- the learning store of (e) ----------------------------------------------------------------
+# --- the learning store of (s) ----------------------------------------------------------------
 
 
 def learning_store(
@@ -432,7 +432,7 @@ def learning_store(
         document["id"]: document["text"]
         for document in map(json.loads, documents_jsonl().decode().splitlines())
     }
-    progress(f"(e): {len(texts)} rows into PostgreSQL, their points into solved_issues")
+    progress(f"(s): {len(texts)} rows into PostgreSQL, their points into solved_issues")
     asyncio.run(fill_learning_store(store, dsn, texts))
     return store, dsn
 
@@ -544,7 +544,7 @@ def median_run(rounds: list[Run]) -> Run:
 def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, float]]:
     runs: list[Run] = []
     # A closed port: the gateways of (a)-(d) start without PostgreSQL (search does not need
-    # it); (e) has a server of its own.
+    # it); (s) has a server of its own.
     no_postgres = f"postgresql://bench@127.0.0.1:{free_port()}/aistack"
     unlimited = ["1000000000/minute", "1000000000/hour"]  # two windows, as by default
     with scratch_directory("aistack-bench-") as work, contextlib.ExitStack() as servers:
@@ -654,7 +654,7 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
         runs.append(run)
         server.stop()
 
-        # (e) as (d), reading each page's rows back from PostgreSQL.
+        # (s) as (d), reading each page's rows back from PostgreSQL.
         postgres = PrivatePostgres(work / "postgres")
         servers.callback(postgres.stop)
         postgres.start()
@@ -662,11 +662,11 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
         server = gateway("gateway-e", learned_store, unlimited, dsn, LEARNED_COLLECTION)
         body_text = json.dumps({"collection": LEARNED_COLLECTION, "query": "ssh", "limit": 10})
         status, _, body = request(server.port, "POST", "/vector/search", body_text)
-        expect("(e) search", status, 200, body)
+        expect("(s) search", status, 200, body)
         hits = json.loads(body)["results"]
         if len(hits) != 10 or not all(hit["payload"].get("solution") for hit in hits):
-            raise RuntimeError(f"(e) hits without their rows read back: {hits[:1]}")
-        run = Run("e", "search 10k solutions, rows read back", 200)
+            raise RuntimeError(f"(s) hits without their rows read back: {hits[:1]}")
+        run = Run("s", "search 10k solutions, rows read back", 200)
         measure(server, run, "/vector/search", learned, duration, metered=True)
         runs.append(run)
         server.stop()
@@ -748,10 +748,10 @@ def print_table(runs: list[Run], limiter_bytes: float, say: Out) -> None:
         f"({LIMITER_CLIENTS:,} IPv4 keys, 60/minute + 1000/hour)"
     )
     by_key = {run.key: run for run in runs}
-    searched, learned = by_key.get("d"), by_key.get("e")
+    searched, learned = by_key.get("d"), by_key.get("s")
     if searched and learned and searched.rps and searched.p99_ms:
         say(
-            f"(e)/(d), the cost of reading rows back: req/s {learned.rps / searched.rps:.2f}, "
+            f"(s)/(d), the cost of reading rows back: req/s {learned.rps / searched.rps:.2f}, "
             f"p99 {learned.p99_ms / searched.p99_ms:.2f}"
         )
     say()
