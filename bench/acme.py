@@ -71,6 +71,7 @@ from bench.common import (  # noqa: E402
     finish,
     machine,
     machine_line,
+    missing_tools,
     scratch_directory,
 )
 from tests.pebble import Pebble  # noqa: E402
@@ -509,10 +510,8 @@ def main() -> int:
 
     say = Out(args.json)
     started = time.monotonic()
-    for program in ("pebble", "pebble-challtestsrv"):
-        if shutil.which(program) is None:
-            say(f"{program} is missing: apt-get install pebble (nothing to measure against)")
-            return 1
+    if missing_tools(say, {"pebble": "pebble", "pebble-challtestsrv": "pebble"}):
+        return 1
     host = machine()
     say(machine_line(host))
     found = versions()

@@ -152,6 +152,14 @@ def finish(
         print(json.dumps(report))
 
 
+def missing_tools(say: Out, packages: dict[str, str]) -> bool:
+    """Say which of `packages` (program: its Debian package) are not on PATH; True if any."""
+    missing = [program for program in packages if shutil.which(program) is None]
+    for program in missing:
+        say(f"{program} is missing: apt-get install {packages[program]} (nothing to measure)")
+    return bool(missing)
+
+
 # --- processes and the scratch directory ----------------------------------------------------
 
 

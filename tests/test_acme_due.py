@@ -12,6 +12,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+from acme import client
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,9 +21,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aistack.acme import certfiles, keys
+from aistack.acme import ari, certfiles, keys
 from aistack.acme.due import JITTER_SHARE, decide, renewal_time
-from aistack.acme.protocol import AcmeClient
 from aistack.acme.renew import renew
 from aistack.config import validate_config
 from tests.pebble import free_port
@@ -36,6 +37,7 @@ def issue(
     age: datetime.timedelta,
     domains: tuple[str, ...] = ("example.org",),
     key_type: str = "ec256",
+    serial: int | None = None,
 ) -> certfiles.Installed:
     """A CA-signed certificate (with the Authority Key Identifier ARI needs), installed."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -47,7 +49,7 @@ def issue(
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial or x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + lifetime)
         .add_extension(
@@ -200,10 +202,13 @@ def test_ari_window_is_read_and_moves_the_renewal(tmp_path):
     try:
         config = ari_config(tmp_path, server.url)
         installed = issue(Path(config.cert_dir), lifetime=90 * DAY, age=DAY)
-        window = AcmeClient(config, Path(config.state_dir)).renewal_window(
-            (installed.path / "cert.pem").read_bytes()
-        )
+        cert_pem = (installed.path / "cert.pem").read_bytes()
+        window = ari.renewal_window(config, cert_pem)
         assert window == (now + 5 * DAY, now + 6 * DAY)
+        # The id RFC 9773 names the certificate by, as the acme package computes it.
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+        assert server.requests[-1] == "/renewal-info/" + ari.certificate_id(certificate)
+        assert ari.certificate_id(certificate) == client._renewal_info_path_component(certificate)
         outcome = renew(config)
         assert outcome.action == "not-due"
         assert outcome.due.reason == "not due"
@@ -254,3 +259,11 @@ def test_retry_after_is_read_in_both_forms_and_lengthens_the_back_off():
     assert backoff(30, None) == datetime.timedelta(days=1)
     # A rate-limited CA saying "come back in 3 days" wins over our own schedule.
     assert backoff(1, 3 * 86400) == datetime.timedelta(days=3)
+
+
+@pytest.mark.parametrize("serial", [1, 127, 128, 255, 256, 2**63, 2**158 + 1, 2**159 - 1])
+def test_the_ari_certificate_id_is_the_one_the_acme_package_computes(tmp_path, serial):
+    installed = issue(tmp_path, lifetime=90 * DAY, age=DAY, serial=serial)
+    certificate = installed.certificate
+    assert certificate.serial_number == serial
+    assert ari.certificate_id(certificate) == client._renewal_info_path_component(certificate)

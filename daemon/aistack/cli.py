@@ -8,14 +8,17 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aistack import __version__
 from aistack.acme.cli import register as register_acme
-from aistack.command import config_argument, run_async
-from aistack.config import COLLECTION_NAME, Config, ConfigError, load_config, redacted
+from aistack.command import config_argument, load_config, run_async
 from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
 from aistack.gc.cli import register as register_gc
 from aistack.observability.logs import EventLog, setup_logging
+
+if TYPE_CHECKING:
+    from aistack.config import Config
 
 log = EventLog("cli")
 
@@ -114,6 +117,8 @@ def run_db_migrate(args: argparse.Namespace) -> int:
 
 
 def run_config_check(args: argparse.Namespace) -> int:
+    from aistack.config import redacted
+
     config = _load(args)
     print(json.dumps(redacted(config), indent=2))
     print(f"aistack: {args.config}: configuration is valid", file=sys.stderr)
@@ -136,6 +141,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    from aistack.config import COLLECTION_NAME, ConfigError
     from aistack.embedding import open_embedder
     from aistack.ingest.jsonl import ingest, read_documents
     from aistack.stores.qdrant import VectorStore

@@ -1,18 +1,22 @@
-"""What every `aistack` command shares: its `--config` argument, and running its coroutine.
+"""What every `aistack` command shares: its `--config` argument, loading that file, and
+running its coroutine.
 
 It stands below every command module, so `gc/cli.py` and `acme/cli.py` need nothing from
-`cli.py`, which registers them.
+`cli.py`, which registers them. Nothing heavy is imported here or by the parsers: the
+configuration models (pydantic) and asyncio load only once a command runs, so
+`aistack --help` and a mistyped command answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aistack.config import Config, redact_dsn
 from aistack.errors import Failure
+
+if TYPE_CHECKING:
+    from aistack.config import Config
 
 
 def config_argument(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +25,18 @@ def config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_config(path: str) -> Config:
+    from aistack.config import load_config as load
+
+    return load(path)
+
+
 def run_async(coroutine: Coroutine[Any, Any, int], config: Config | None = None) -> int:
     """Run a command's coroutine. The project's failures say themselves (`Failure`); what
     asyncpg and the OS raise when PostgreSQL cannot be reached becomes one line (exit 1)."""
+    import asyncio
+
+    from aistack.config import redact_dsn
     from aistack.stores.postgres import CONNECTION_ERRORS
 
     try:

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aistack.command import config_argument
-from aistack.config import load_config
+from aistack.command import config_argument, load_config
 from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import josepy as jose
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+if TYPE_CHECKING:
+    import josepy as jose
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -60,6 +63,8 @@ def write_private(path: Path, data: bytes) -> None:
 
 def account_jwk(key: PrivateKey) -> tuple[jose.JWK, jose.JWASignature]:
     """The JWK and the signature algorithm the account key signs with (RFC 7518)."""
+    import josepy as jose  # only an order signs: a not-due run never loads it
+
     if isinstance(key, ec.EllipticCurvePrivateKey):
         algorithm = {"secp256r1": jose.ES256, "secp384r1": jose.ES384}[key.curve.name]
         return jose.JWKEC(key=key), algorithm

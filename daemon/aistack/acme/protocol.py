@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import josepy as jose
 import requests
 from acme import challenges, client, crypto_util, errors, messages
 
@@ -146,26 +145,6 @@ class AcmeClient:
                 f"cannot reach the ACME directory {config.directory}: {error}"
             ) from None
         self.client = client.ClientV2(directory, self.net)
-
-    def renewal_window(self, cert_pem: bytes) -> tuple[datetime.datetime, datetime.datetime] | None:
-        """The CA's suggested renewal window (ARI), when its directory offers `renewalInfo`."""
-        if "renewalInfo" not in self.client.directory.to_partial_json():
-            return None
-        from cryptography import x509
-
-        certificate = x509.load_pem_x509_certificate(cert_pem)
-        url = (
-            self.client.directory["renewalInfo"].rstrip("/")
-            + "/"
-            + client._renewal_info_path_component(certificate)
-        )
-        try:
-            info = messages.RenewalInfo.from_json(self.net.get(url).json())
-        except (requests.RequestException, errors.Error, messages.Error, jose.DeserializationError):
-            log.warning("acme.ari_unavailable", url=url)
-            return None
-        window = info.suggested_window
-        return window.start, window.end
 
     def register(self) -> str:
         """Find or create the account; keep its e-mail current. Returns the account URI."""

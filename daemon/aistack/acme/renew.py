@@ -1,5 +1,8 @@
 """`aistack acme renew`: decide, and if due, issue and install; never lose the old pair.
 
+A run that finds nothing due, the CA's renewal window included (`ari`), loads nothing of
+the ACME client: the `acme` package and `requests` load only for an order.
+
 A failed attempt leaves the installed certificate as it was, is counted, logged with the
 CA's problem document and kept in `state_dir/<name>.json` for `aistack acme status` and
 the metrics. Attempts back off (1 h, 2 h, 4 h ... up to a day, or the CA's Retry-After if
@@ -13,17 +16,15 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
-from acme import errors, messages
-
-from aistack.acme import certfiles, keys
-from aistack.acme.challenges import ChallengeSetupError, open_responder
+from aistack.acme import ari, certfiles, keys
 from aistack.acme.due import Due, decide
-from aistack.acme.protocol import AcmeClient, AcmeFailure, problem_of
 from aistack.config import AcmeConfig, ConfigError
 from aistack.observability.logs import EventLog
+
+if TYPE_CHECKING:
+    from aistack.acme.protocol import AcmeClient, AcmeFailure
 
 log = EventLog("acme")
 ATTEMPTS_PER_RUN = 3
@@ -126,18 +127,15 @@ def renew(
     offline = decide(
         installed, config.domains, config.key_type, config.renew_before_days, now, force=force
     )
-    try:
-        acme = AcmeClient(config, Path(config.state_dir))
-    except AcmeFailure as failure:
-        if not offline.due:
+    if installed is not None and not offline.due:
+        # Not due by the certificate's lifetime: the CA may still want it early (ARI).
+        try:
+            window = ari.renewal_window(config, (installed.path / "cert.pem").read_bytes())
+        except ari.DirectoryUnreachable as failure:
             # The CA being unreachable on a day nothing is due is no failure.
             log.warning("acme.directory_unreachable", certificate=name, error=str(failure))
-            return Outcome(name, "not-due", offline, not_after=_not_after(installed))
-        return _failed(config, state, offline, failure, now, installed)
-
-    due = offline
-    if installed is not None and not installed.placeholder and not force and not offline.due:
-        window = acme.renewal_window((installed.path / "cert.pem").read_bytes())
+            return Outcome(name, "not-due", offline, not_after=installed.not_after)
+        due = offline
         if window is not None:
             due = decide(
                 installed,
@@ -147,9 +145,26 @@ def renew(
                 now,
                 ari_window=window,
             )
-    if not due.due:
-        log.info("acme.not_due", certificate=name, renew_at=_stamp(due.renew_at))
-        return Outcome(name, "not-due", due, not_after=_not_after(installed))
+        if not due.due:
+            log.info("acme.not_due", certificate=name, renew_at=_stamp(due.renew_at))
+            return Outcome(name, "not-due", due, not_after=installed.not_after)
+    else:
+        due = offline
+    return _renew_due(config, due, state, installed, now, force)
+
+
+def _renew_due(
+    config: AcmeConfig,
+    due: Due,
+    state: CertificateState,
+    installed: certfiles.Installed | None,
+    now: datetime.datetime,
+    force: bool,
+) -> Outcome:
+    from aistack.acme.protocol import AcmeClient, AcmeFailure
+
+    name = config.certificate_name
+    cert_dir = Path(config.cert_dir)
     if (
         not force
         and state.next_attempt
@@ -167,6 +182,7 @@ def renew(
 
     log.info("acme.renewing", certificate=name, reason=due.reason)
     try:
+        acme = AcmeClient(config, Path(config.state_dir))
         fullchain, key_pem = _issue_with_retries(acme, config)
     except AcmeFailure as failure:
         return _failed(config, state, due, failure, now, installed)
@@ -198,6 +214,12 @@ def renew(
 
 
 def _issue_with_retries(acme: AcmeClient, config: AcmeConfig) -> tuple[str, bytes]:
+    import requests
+    from acme import errors, messages
+
+    from aistack.acme.challenges import ChallengeSetupError, open_responder
+    from aistack.acme.protocol import AcmeFailure, problem_of
+
     attempt = 0
     while True:
         attempt += 1

@@ -9,11 +9,13 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aistack.command import config_argument, run_async
-from aistack.config import Config, load_config
+from aistack.command import config_argument, load_config, run_async
 from aistack.errors import EXIT_OK, Failure
+
+if TYPE_CHECKING:
+    from aistack.config import Config
 
 SHOWN_IDS = 20
 # gc_runs.id is a bigint identity counting from 1: no other number names a run.
