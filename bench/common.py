@@ -93,6 +93,13 @@ def rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command name: state is field 3, so utime (14) and stime (15) sit at 11, 12.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --- human lines, goals and the tail of a report ------------------------------------------
 
 
@@ -229,6 +236,9 @@ class Server:
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
     def log_text(self) -> str:
         try:

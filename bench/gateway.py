@@ -180,6 +180,7 @@ class Run:
     server_statuses: dict[str, int] | None = None
     unexpected: int = 0
     rss_mb: float = 0.0
+    cpu_ms_per_request: float = 0.0  # the server's CPU (all threads) over its answers
     rounds_rps: list[float] = field(default_factory=list)  # every round; the row is the median
 
 
@@ -520,7 +521,10 @@ def measure(
     server: Server, run: Run, path: str, script: Path, duration: int, metered: bool
 ) -> None:
     before = search_statuses(server.port) if metered else {}
+    cpu_before = server.cpu_seconds()
     run_wrk(server.port, path, script, duration, run)
+    if run.requests:
+        run.cpu_ms_per_request = (server.cpu_seconds() - cpu_before) * 1000 / run.requests
     if metered:
         run.server_statuses = status_delta(before, search_statuses(server.port))
         expected = run.server_statuses.get(str(run.expected_status), 0)
@@ -718,7 +722,7 @@ def goals(runs: list[Run], limiter_bytes: float, ratios: dict[str, float]) -> li
 def print_table(runs: list[Run], limiter_bytes: float, say: Out) -> None:
     head = (
         f"{'':4} {'scenario':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'requests':>9} {'unexpected':>10} {'RSS MB':>7}  server statuses"
+        f"{'requests':>9} {'unexpected':>10} {'RSS MB':>7} {'CPU ms':>7}  server statuses"
     )
     say(head)
     say("-" * len(head))
@@ -733,7 +737,8 @@ def print_table(runs: list[Run], limiter_bytes: float, say: Out) -> None:
             statuses += "  socket errors " + ",".join(f"{k}={v}" for k, v in errors.items())
         say(
             f"({run.key}) {run.label:36} {run.rps:9.1f} {run.p50_ms:8.2f} {run.p99_ms:8.2f} "
-            f"{run.requests:9d} {run.unexpected:10d} {run.rss_mb:7.0f}  {statuses}"
+            f"{run.requests:9d} {run.unexpected:10d} {run.rss_mb:7.0f} "
+            f"{run.cpu_ms_per_request:7.2f}  {statuses}"
         )
     say()
     for run in runs:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from aistack import __version__
 from aistack.acme.cli import register as register_acme
-from aistack.command import config_argument, load_config, run_async
+from aistack.command import config_argument, load_config, run_async, serve_on_one_blas_thread
 from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
 from aistack.gc.cli import register as register_gc
 from aistack.observability.logs import EventLog, setup_logging
@@ -126,6 +126,7 @@ def run_config_check(args: argparse.Namespace) -> int:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    serve_on_one_blas_thread()
     from aistack.gateway.server import serve
 
     config = _load(args)
@@ -179,6 +180,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    serve_on_one_blas_thread()
     from aistack.demo.run import run_demo_stack
 
     return run_async(run_demo_stack(args.listen, args.dir))
