@@ -179,6 +179,9 @@ class EmbeddingConfig(Section):
     # the gateway answers 503 with Retry-After rather than queueing without end.
     max_queue_depth: int = Field(default=32, ge=1, le=100_000)
     max_queue_wait_seconds: float = Field(default=5.0, gt=0, le=600)
+    # 16 MiB: about 4,000 short queries at 384 dimensions (4 KB each, text included), the
+    # repeated questions of a busy day; 0 turns the cache off.
+    query_cache_bytes: int = Field(default=16 * 2**20, ge=0, le=2**34)
 
     @model_validator(mode="after")
     def _backend_needs(self) -> EmbeddingConfig:

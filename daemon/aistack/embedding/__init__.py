@@ -35,8 +35,9 @@ class Embedder(Protocol):
     async def close(self) -> None: ...
 
 
-async def open_embedder(config: EmbeddingConfig, query_cache_size: int = 4096) -> Embedder:
-    """The configured backend, loaded and ready, with an LRU cache of query embeddings."""
+async def open_embedder(config: EmbeddingConfig) -> Embedder:
+    """The configured backend, loaded and ready, with an LRU cache of query embeddings
+    (`embedding.query_cache_bytes`)."""
     from aistack.embedding.cache import CachedEmbedder
 
     backend: Embedder
@@ -48,4 +49,4 @@ async def open_embedder(config: EmbeddingConfig, query_cache_size: int = 4096) -
         from aistack.embedding.remote import OpenAIEmbedder
 
         backend = await OpenAIEmbedder.open(config)
-    return CachedEmbedder(backend, query_cache_size)
+    return CachedEmbedder(backend, config.query_cache_bytes)
