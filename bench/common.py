@@ -333,7 +333,7 @@ class DimensionOnlyEmbedder:
     def __init__(self, dimension: int) -> None:
         self.dimension = dimension
 
-    async def embed_query(self, text: str) -> list[float]:
+    async def embed_query(self, text: str, client: str = "") -> list[float]:
         raise AssertionError("the bench has a point for every row: nothing to embed")
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:

@@ -17,6 +17,16 @@ VM drifts by 20% within minutes; runs side by side in time see the same drift):
       same with 50 fixed queries (answered from the query cache after the first 50);
   (s) as (d), on `solved_issues` holding the same 10,000 vectors as learned solutions:
       each page's rows are read back from a private PostgreSQL (10,000 rows).
+  (e) POST /vector/search on a collection of 1,000 documents, small enough that the store
+      costs nothing, every query new (so every query is embedded), beside the model's own
+      limit measured in the same run (batches of 32 new queries on every worker thread
+      the gateway uses, nothing else running); then the same searches sent at half that
+      limit, at a fixed rate (open loop), for their latency;
+  (f) the flood: 20 clients each keeping two long queries (about 3,000 characters, the
+      model's 256 word pieces) in flight, while one more client sends short queries one
+      after another; the short client's latency.
+
+Plus `aistack ingest` of those 1,000 documents: documents/s.
 
 Plus the memory of the in-process limiter per tracked client (tracemalloc, 100,000 IPv4
 keys, the default windows) and the RSS of gateway (d) after its load.
@@ -48,13 +58,16 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The repository on sys.path, for `bench.common`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aistack.stores.private_postgres import PrivatePostgres, free_port
+from bench import loadgen
 from bench.common import (
     QUERIES,
     SEARCH_COLLECTION,
@@ -82,6 +95,12 @@ LIMITER_CLIENTS = 100_000
 LEARNED_COLLECTION = "solved_issues"
 
 GOAL_RATIO = 0.60
+SMALL_DOCUMENTS = 1_000
+GOAL_MODEL_SHARE = 0.70  # (e) of the model's own limit
+GOAL_HALF_RATE_P99_MS = 100.0
+GOAL_FLOOD_SHORT_P99_MS = 500.0
+GOAL_D_RPS = 2 * 74.0  # (d) at least doubled: 33-74 req/s before the scheduler
+FIXED_RATE_SECONDS = 10
 GOAL_LIMITER_BYTES = 1024
 GOAL_RSS_MB = 400
 
@@ -369,15 +388,18 @@ def write_config(
     rate_limits: list[str],
     postgres_dsn: str,
     collection: str = SEARCH_COLLECTION,
+    trusted_proxies: list[str] | None = None,
+    embedding: dict[str, object] | None = None,
 ) -> Path:
     config = {
-        "gateway": {"listen": [f"127.0.0.1:{port}"]},
+        # (f) tells its clients apart by X-Forwarded-For.
+        "gateway": {"listen": [f"127.0.0.1:{port}"], "trusted_proxies": trusted_proxies or []},
         "qdrant": {"path": str(store)},
         "postgres": {"dsn": postgres_dsn},
         "validation": {"collections": [collection], "rate_limits": rate_limits},
         # (d) measures how fast searches are answered, so wrk's 50 connections all queue
         # for the embedder; the default bound (32 waiting, 5 s) would answer some 503.
-        "embedding": {"max_queue_depth": 64, "max_queue_wait_seconds": 30},
+        "embedding": {"max_queue_depth": 64, "max_queue_wait_seconds": 30, **(embedding or {})},
     }
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -545,7 +567,7 @@ def median_run(rounds: list[Run]) -> Run:
     return median
 
 
-def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, float]]:
+def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, float], Embedding]:
     runs: list[Run] = []
     # A closed port: the gateways of (a)-(d) start without PostgreSQL (search does not need
     # it); (s) has a server of its own.
@@ -582,10 +604,17 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
             rate_limits: list[str],
             postgres_dsn: str = no_postgres,
             collection: str = SEARCH_COLLECTION,
+            **settings: Any,
         ) -> Server:
             port = free_port()
             config = write_config(
-                work / f"{name}.json", port, store_path, rate_limits, postgres_dsn, collection
+                work / f"{name}.json",
+                port,
+                store_path,
+                rate_limits,
+                postgres_dsn,
+                collection,
+                **settings,
             )
             return start(name, aistack_argv("gateway", "--config", str(config)), port)
 
@@ -674,10 +703,99 @@ def run_all(duration: int, rounds: int) -> tuple[list[Run], float, dict[str, flo
         measure(server, run, "/vector/search", learned, duration, metered=True)
         runs.append(run)
         server.stop()
-        return runs, limiter_bytes, ratios
+
+        # (d1) as (d), one query at a time on one thread, as before the scheduler.
+        server = gateway("gateway-d1", copy, unlimited, embedding={"threads": 1, "batch_size": 1})
+        run = Run("d1", "as (d), 1 thread, no batching", 200)
+        measure(server, run, "/vector/search", unique, duration, metered=True)
+        runs.append(run)
+        server.stop()
+        ratios["d/d1"] = runs[-1].rps and by_key(runs)["d"].rps / runs[-1].rps
+
+        embedding = measure_embedding(work, gateway, unique, duration, no_postgres, runs)
+        return runs, limiter_bytes, ratios, embedding
 
 
-def goals(runs: list[Run], limiter_bytes: float, ratios: dict[str, float]) -> list[Goal]:
+def by_key(runs: list[Run]) -> dict[str, Run]:
+    return {run.key: run for run in runs}
+
+
+@dataclass
+class Embedding:
+    """What (e) and (f) measure besides wrk's rows."""
+
+    model_limit: float = 0.0
+    model_threads: int = 0
+    ingest_documents_per_s: float = 0.0
+    half_rate: float = 0.0
+    half_rate_timed: loadgen.Timed = field(default_factory=loadgen.Timed)
+    flood_short: loadgen.Timed = field(default_factory=loadgen.Timed)
+    flood_long: loadgen.Timed = field(default_factory=loadgen.Timed)
+
+
+INGEST_DONE = re.compile(r"event=ingest\.done .*documents=(\d+) seconds=([\d.]+)")
+
+
+def measure_embedding(
+    work: Path,
+    gateway: Callable[..., Server],
+    unique: Path,
+    duration: int,
+    no_postgres: str,
+    runs: list[Run],
+) -> Embedding:
+    figures = Embedding()
+    progress("model: its own limit, batches of 32 on every worker thread")
+    limit = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--model-limit", str(duration)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures.model_limit, figures.model_threads = json.loads(limit.stdout.splitlines()[-1])
+
+    small = work / "qdrant-small"
+    documents = work / "small.jsonl"
+    documents.write_bytes(b"".join(documents_jsonl().splitlines(keepends=True)[:SMALL_DOCUMENTS]))
+    config = write_config(work / "ingest-small.json", free_port(), small, ["1/hour"], no_postgres)
+    progress(f"ingest: {SMALL_DOCUMENTS} documents")
+    ingest = subprocess.run(
+        aistack_argv(
+            "ingest", "--config", str(config), "--collection", SEARCH_COLLECTION, str(documents)
+        ),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    done = INGEST_DONE.search(ingest.stderr + ingest.stdout)
+    if ingest.returncode != 0 or done is None:
+        raise RuntimeError(f"aistack ingest failed ({ingest.returncode}): {ingest.stderr[-500:]}")
+    figures.ingest_documents_per_s = int(done.group(1)) / float(done.group(2))
+
+    unlimited = ["1000000000/minute", "1000000000/hour"]
+    server = gateway("gateway-small", small, unlimited, trusted_proxies=["127.0.0.1/32"])
+    run = Run("e", f"search {SMALL_DOCUMENTS} docs, every query new", 200)
+    measure(server, run, "/vector/search", unique, duration, metered=True)
+    runs.append(run)
+    figures.half_rate = figures.model_limit / 2
+    progress(f"e: {figures.half_rate:.0f} searches/s for {FIXED_RATE_SECONDS} s, open loop")
+    figures.half_rate_timed = asyncio.run(
+        loadgen.fixed_rate(
+            server.port, SEARCH_COLLECTION, QUERIES, figures.half_rate, FIXED_RATE_SECONDS
+        )
+    )
+    progress(f"f: 20 clients flood long queries for {duration} s, one sends short ones")
+    figures.flood_short, figures.flood_long = asyncio.run(
+        loadgen.flood(server.port, SEARCH_COLLECTION, QUERIES, duration)
+    )
+    server.stop()
+    return figures
+
+
+def goals(
+    runs: list[Run], limiter_bytes: float, ratios: dict[str, float], embedding: Embedding
+) -> list[Goal]:
     """Ratios are the median over rounds of (scenario / bare in the same round)."""
     by_key = {run.key: run for run in runs}
     result = [
@@ -716,10 +834,49 @@ def goals(runs: list[Run], limiter_bytes: float, ratios: dict[str, float]) -> li
             f"{local:.0f}",
         )
     )
-    return result
+    return result + embedding_goals(by_key, ratios, embedding)
 
 
-def print_table(runs: list[Run], limiter_bytes: float, say: Out) -> None:
+def embedding_goals(
+    by_key: dict[str, Run], ratios: dict[str, float], embedding: Embedding
+) -> list[Goal]:
+    share = by_key["e"].rps / embedding.model_limit if embedding.model_limit else 0.0
+    half_p99 = embedding.half_rate_timed.p(0.99)
+    short_p99 = embedding.flood_short.p(0.99)
+    return [
+        Goal(
+            f"(e) / the model's limit >= {GOAL_MODEL_SHARE:.2f}",
+            share >= GOAL_MODEL_SHARE,
+            round(share, 3),
+            GOAL_MODEL_SHARE,
+            value_format=".2f",
+        ),
+        Goal(
+            f"(e) p99 at half the model's limit < {GOAL_HALF_RATE_P99_MS:.0f} ms",
+            half_p99 < GOAL_HALF_RATE_P99_MS,
+            round(half_p99, 1),
+            GOAL_HALF_RATE_P99_MS,
+            value_format=".0f",
+        ),
+        Goal(
+            f"(f) short query p99 under the flood < {GOAL_FLOOD_SHORT_P99_MS:.0f} ms",
+            short_p99 < GOAL_FLOOD_SHORT_P99_MS,
+            round(short_p99, 1),
+            GOAL_FLOOD_SHORT_P99_MS,
+            value_format=".0f",
+        ),
+        Goal(
+            "(d) / (d1), the scheduler against one query at a time >= 2.00",
+            ratios["d/d1"] >= 2.0,
+            round(ratios["d/d1"], 3),
+            2.0,
+            value_format=".2f",
+            detail=f"(d) {by_key['d'].rps:.0f} req/s; before the scheduler 33-74 req/s",
+        ),
+    ]
+
+
+def print_table(runs: list[Run], limiter_bytes: float, embedding: Embedding, say: Out) -> None:
     head = (
         f"{'':4} {'scenario':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'requests':>9} {'unexpected':>10} {'RSS MB':>7} {'CPU ms':>7}  server statuses"
@@ -752,13 +909,24 @@ def print_table(runs: list[Run], limiter_bytes: float, say: Out) -> None:
         f"limiter: {limiter_bytes:.0f} bytes per tracked client "
         f"({LIMITER_CLIENTS:,} IPv4 keys, 60/minute + 1000/hour)"
     )
-    by_key = {run.key: run for run in runs}
-    searched, learned = by_key.get("d"), by_key.get("s")
+    keyed = by_key(runs)
+    searched, learned = keyed.get("d"), keyed.get("s")
     if searched and learned and searched.rps and searched.p99_ms:
         say(
             f"(s)/(d), the cost of reading rows back: req/s {learned.rps / searched.rps:.2f}, "
             f"p99 {learned.p99_ms / searched.p99_ms:.2f}"
         )
+    say(
+        f"the model's own limit: {embedding.model_limit:.0f} queries/s "
+        f"({embedding.model_threads} threads, batches of 32 new queries)"
+    )
+    say(
+        f"(e) at {embedding.half_rate:.0f}/s, open loop: "
+        f"{loadgen.summary(embedding.half_rate_timed)}"
+    )
+    say(f"(f) the short client: {loadgen.summary(embedding.flood_short)}")
+    say(f"(f) the 20 flooding clients: {loadgen.summary(embedding.flood_long)}")
+    say(f"ingest: {embedding.ingest_documents_per_s:.1f} documents/s ({SMALL_DOCUMENTS} documents)")
     say()
 
 
@@ -811,9 +979,13 @@ def main() -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--model-limit", type=int, metavar="SECONDS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server is not None:
         return serve_bare(args.bare_server)
+    if args.model_limit is not None:
+        print(json.dumps(loadgen.model_limit(QUERIES, args.model_limit)))
+        return 0
     if args.duration < 1:
         parser.error("--duration must be >= 1")
     if args.rounds < 1:
@@ -824,20 +996,21 @@ def main() -> int:
 
     started = time.monotonic()
     try:
-        runs, limiter_bytes, ratios = run_all(args.duration, args.rounds)
+        runs, limiter_bytes, ratios, embedding = run_all(args.duration, args.rounds)
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
     say = Out(args.json)
-    print_table(runs, limiter_bytes, say)
+    print_table(runs, limiter_bytes, embedding, say)
     report = {
         "duration_s": args.duration,
         "rounds": args.rounds,
         "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS, "timeout": WRK_TIMEOUT},
         "runs": [asdict(run) for run in runs],
         "limiter_bytes_per_client": round(limiter_bytes, 1),
+        "embedding": asdict(embedding),
     }
-    finish(report, goals(runs, limiter_bytes, ratios), say, args.json, started)
+    finish(report, goals(runs, limiter_bytes, ratios, embedding), say, args.json, started)
     return 0
 
 

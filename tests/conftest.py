@@ -90,7 +90,9 @@ async def gateway(
     ) -> TestServer:
         config = make_config(tmp_path, **sections)
         app: web.Application = create_app(
-            config, embedder=embed or embedder, store=store or corpus_store
+            config,
+            embedder=embedder if embed is None else embed,
+            store=corpus_store if store is None else store,
         )
         server = TestServer(app, host="127.0.0.1")
         # TestServer hands runner options to start_server, not to its constructor.

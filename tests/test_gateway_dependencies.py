@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 from qdrant_client import QdrantClient
 
 from aistack.config import validate_config
-from aistack.embedding.remote import OpenAIEmbedder
+from aistack.embedding import open_embedder
 from aistack.stores.private_postgres import free_port
 from aistack.stores.qdrant import VectorStore
 
@@ -44,10 +44,14 @@ async def test_embedder_down_gives_503_then_recovers(gateway, embedder):
     config = validate_config(
         {
             "qdrant": {"path": "/unused"},
-            "embedding": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1"},
+            "embedding": {
+                "backend": "openai",
+                "url": f"http://127.0.0.1:{port}/v1",
+                "query_cache_bytes": 0,  # every search asks the server
+            },
         }
     )
-    remote = await OpenAIEmbedder.open(config.embedding)
+    remote = await open_embedder(config.embedding)
     try:
         server = await gateway(embed=remote)
         status, body, headers = await search(server)

@@ -23,9 +23,9 @@ async def test_the_cache_holds_at_most_its_bytes_the_least_recent_out_first(embe
     for text in questions:
         await cache.embed_query(text)
         assert cache.bytes <= limit
-    assert 0 < len(cache) < len(questions)
+    assert 0 < cache.entries < len(questions)
     assert cache.bytes == sum(
-        entry_bytes(text, embedder.dimension) for text in questions[-len(cache) :]
+        entry_bytes(text, embedder.dimension) for text in questions[-cache.entries :]
     )
     misses = cache.misses
     newest = await cache.embed_query(questions[-1])
@@ -38,13 +38,13 @@ async def test_the_cache_holds_at_most_its_bytes_the_least_recent_out_first(embe
 async def test_an_entry_larger_than_the_cache_is_not_kept_and_zero_turns_it_off(embedder):
     small = CachedEmbedder(embedder.backend, entry_bytes("short", embedder.dimension))
     await small.embed_query("short")
-    assert len(small) == 1
+    assert small.entries == 1
     await small.embed_query("a longer question than the cache can hold")
-    assert len(small) == 1 and small.bytes <= small.max_bytes
+    assert small.entries == 1 and small.bytes <= small.max_bytes
     off = CachedEmbedder(embedder.backend, 0)
     await off.embed_query("short")
     await off.embed_query("short")
-    assert (len(off), off.hits, off.misses) == (0, 0, 2)
+    assert (off.entries, off.hits, off.misses) == (0, 0, 2)
 
 
 async def test_the_counted_bytes_are_the_memory_the_entries_hold(embedder):
@@ -60,7 +60,7 @@ async def test_the_counted_bytes_are_the_memory_the_entries_hold(embedder):
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert len(cache) == 2000
+    assert cache.entries == 2000
     assert 0.85 * cache.bytes <= held <= 1.15 * cache.bytes, (held, cache.bytes)
 
 

@@ -175,6 +175,15 @@ class EmbeddingConfig(Section):
     url: str = ""
     api_key_file: str = ""
     dimension: int = Field(default=384, ge=1, le=65536)
+    # Worker threads that run the model side by side; 0: the cores this process may use
+    # (its CPU affinity, so a systemd CPUAffinity or a container's cpuset counts), at most 8.
+    threads: int = Field(default=0, ge=0, le=256)
+    # A micro-batch: at most batch_size texts and batch_tokens padded tokens, and a lone
+    # text waits at most batch_wait_ms for company. See embedding/scheduler.py for the
+    # measurements behind the defaults.
+    batch_size: int = Field(default=32, ge=1, le=1024)
+    batch_tokens: int = Field(default=512, ge=1, le=1_048_576)
+    batch_wait_ms: float = Field(default=0, ge=0, le=1000)
     # Queries waiting for the embedder at most, and how long one may wait: past either,
     # the gateway answers 503 with Retry-After rather than queueing without end.
     max_queue_depth: int = Field(default=32, ge=1, le=100_000)
@@ -182,6 +191,9 @@ class EmbeddingConfig(Section):
     # 16 MiB: about 4,000 short queries at 384 dimensions (4 KB each, text included), the
     # repeated questions of a busy day; 0 turns the cache off.
     query_cache_bytes: int = Field(default=16 * 2**20, ge=0, le=2**34)
+
+    def worker_threads(self) -> int:
+        return self.threads or min(len(os.sched_getaffinity(0)), 8)
 
     @model_validator(mode="after")
     def _backend_needs(self) -> EmbeddingConfig:

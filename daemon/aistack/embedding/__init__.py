@@ -2,16 +2,21 @@
 
 Two backends behind one small contract: `fastembed` on a local model directory (the
 default; nothing is downloaded at run time) and `openai` for any server that speaks
-`POST /v1/embeddings` (llama.cpp, Ollama, TEI, vLLM).
+`POST /v1/embeddings` (llama.cpp, Ollama, TEI, vLLM). Either is driven by the scheduler
+(`scheduler.py`: micro-batches, worker threads, fairness, the bounded queue) and fronted
+by the cache of query embeddings (`cache.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aistack.config import EmbeddingConfig
 from aistack.errors import Failure
+
+if TYPE_CHECKING:
+    from aistack.embedding.scheduler import BatchModel
 
 
 class EmbedderUnavailable(Failure):
@@ -22,10 +27,16 @@ class EmbedderError(Failure):
     """The embedder cannot be set up (missing or altered model files, wrong dimension)."""
 
 
+class EmbedderBusy(Exception):
+    """The queue of queries is full, or the query waited too long in it."""
+
+
 class Embedder(Protocol):
     dimension: int
 
-    async def embed_query(self, text: str) -> list[float]: ...
+    async def embed_query(self, text: str, client: str = "") -> list[float]:
+        """One query's vector. `client` (the rate limiter's key) is what fairness is
+        between; raises EmbedderBusy past the queue's bounds."""
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
 
@@ -36,17 +47,28 @@ class Embedder(Protocol):
 
 
 async def open_embedder(config: EmbeddingConfig) -> Embedder:
-    """The configured backend, loaded and ready, with an LRU cache of query embeddings
-    (`embedding.query_cache_bytes`)."""
-    from aistack.embedding.cache import CachedEmbedder
-
-    backend: Embedder
+    """The configured backend, loaded and ready, behind the scheduler (micro-batches on
+    `embedding.threads` workers, fair between clients) and an LRU cache of query
+    embeddings (`embedding.query_cache_bytes`)."""
+    model: BatchModel
     if config.backend == "fastembed":
-        from aistack.embedding.local import FastembedEmbedder
+        from aistack.embedding.local import FastembedModel
 
-        backend = await FastembedEmbedder.load(config)
+        model = await FastembedModel.load(config)
     else:
         from aistack.embedding.remote import OpenAIEmbedder
 
-        backend = await OpenAIEmbedder.open(config)
-    return CachedEmbedder(backend, config.query_cache_bytes)
+        model = await OpenAIEmbedder.open(config)
+    return scheduled(model, config)
+
+
+def scheduled(model: BatchModel, config: EmbeddingConfig) -> Embedder:
+    from aistack.embedding.cache import CachedEmbedder
+    from aistack.embedding.scheduler import BatchLimits, EmbeddingScheduler
+
+    scheduler = EmbeddingScheduler(
+        model,
+        config.worker_threads(),
+        BatchLimits(config.batch_size, config.batch_tokens, config.batch_wait_ms / 1000),
+    )
+    return CachedEmbedder(scheduler, config.query_cache_bytes)

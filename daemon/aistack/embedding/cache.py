@@ -37,17 +37,19 @@ class CachedEmbedder:
         self.hits = 0
         self.misses = 0
 
-    def __len__(self) -> int:
+    @property
+    def entries(self) -> int:
+        # Not __len__: an embedder with an empty cache would be falsy.
         return len(self._entries)
 
-    async def embed_query(self, text: str) -> list[float]:
+    async def embed_query(self, text: str, client: str = "") -> list[float]:
         cached = self._entries.get(text)
         if cached is not None:
             self._entries.move_to_end(text)
             self.hits += 1
             return cached.tolist()
         self.misses += 1
-        vector = await self.backend.embed_query(text)
+        vector = await self.backend.embed_query(text, client)
         self._keep(text, vector)
         return vector
 

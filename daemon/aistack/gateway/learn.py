@@ -80,7 +80,7 @@ async def learn(request: web.Request) -> web.Response:
     assert state.embedder is not None and state.store is not None
     if state.pool is None:
         return dependency_down(state, "postgres", RuntimeError("no pool"))
-    vector = await embedded(state, item.query)
+    vector = await embedded(state, request, item.query)
     if isinstance(vector, web.Response):
         return vector
     try:

@@ -32,7 +32,7 @@ async def readyz(request: web.Request) -> web.Response:
     checks = {
         "postgres": _check_postgres(state),
         "qdrant": _check(state.store.check() if state.store else None),
-        "embedder": _check(state.embedder.check() if state.embedder else None),
+        "embedder": _check(None if state.embedder is None else state.embedder.check()),
     }
     results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
     down = [name for name, problem in results.items() if problem is not None]

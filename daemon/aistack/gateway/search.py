@@ -47,7 +47,7 @@ async def search(request: web.Request) -> web.Response:
     state.metrics.query_size.observe(len(query.query.encode()))
 
     assert state.embedder is not None and state.store is not None and state.totals is not None
-    vector = await embedded(state, query.query)
+    vector = await embedded(state, request, query.query)
     if isinstance(vector, web.Response):
         return vector
     try:
