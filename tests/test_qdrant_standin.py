@@ -225,6 +225,29 @@ async def test_search_pages_through_the_standin_are_those_of_local_mode(
     assert KEY not in log
 
 
+async def test_filtered_pages_through_the_standin_are_those_of_local_mode(
+    gateway, served, corpus_store
+):
+    standin, store = served
+    filterable = {"filterable": {"nixos_docs": ["topic"]}}
+    remote = await gateway(store=store, validation=filterable)
+    local = await gateway(store=corpus_store, validation=filterable)
+    body = {"collection": "nixos_docs", "query": "install", "filter": {"topic": "install"}}
+    line = '"POST /collections/nixos_docs/points/count" 200'
+    counts = standin.log().count(line)
+    pages = [(5, 0), (5, 15), (5, 20), (20, 0)]
+    for limit, offset in pages:
+        through_standin = await gateway_search(remote, **body, limit=limit, offset=offset)
+        in_local_mode = await gateway_search(local, **body, limit=limit, offset=offset)
+        assert through_standin["total"] == in_local_mode["total"] == 19
+        assert through_standin["has_more"] == in_local_mode["has_more"]
+        ids = [hit["id"] for hit in through_standin["results"]]
+        assert ids == [hit["id"] for hit in in_local_mode["results"]]
+    # On a server the search and the count go out together, for every page: a filtered
+    # count there is cheap, and waiting for the page first would add its round trip.
+    assert standin.log().count(line) == counts + len(pages)
+
+
 async def test_learning_and_the_gc_write_scroll_and_delete_through_the_standin(
     gateway, learning: LearningStore, served
 ):

@@ -456,6 +456,35 @@ async def test_a_filtered_search_pages_exactly_through_its_subset(gateway):
     assert status == 200 and nothing["results"] == [] and nothing["total"] == 0
 
 
+async def test_in_local_mode_only_a_page_that_proves_nothing_is_counted(
+    gateway, corpus_store, monkeypatch
+):
+    # A spy, not a fake: every count still goes to the real store; the test only sees which
+    # pages asked for one (in local mode a filtered count is a pass over every point).
+    filters: list[Any] = []
+    count = corpus_store.count
+
+    async def counted(name: str, query_filter: Any = None) -> int:
+        filters.append(query_filter)
+        return await count(name, query_filter)
+
+    monkeypatch.setattr(corpus_store, "count", counted)
+    server = await gateway(validation={"filterable": {"nixos_docs": ["topic"]}})
+    body = {"collection": "nixos_docs", "query": "install", "filter": {"topic": "install"}}
+    asked = []
+    for limit, offset in [(5, 0), (5, 15), (4, 15), (5, 20), (20, 0), (18, 0), (5, 40)]:
+        before = len(filters)
+        (page,) = await pages(server, body, limit, range(offset, offset + 1))
+        assert page["total"] == 19, (limit, offset, page)
+        asked.append(len(filters) - before)
+    # More hits follow (at 0 by 5, and by 18): counted; the subset ends within the page
+    # (4 left at 15, 19 of 20 at 0): proven; nothing past an offset (20, 40): counted.
+    assert asked == [1, 0, 0, 1, 0, 1, 1]
+    status, nothing = await post(server, {**body, "filter": {"topic": "no such topic"}})
+    assert status == 200 and nothing["total"] == 0
+    assert all(selected is not None for selected in filters) and len(filters) == sum(asked)
+
+
 async def test_exact_matches_keep_integers_booleans_and_strings_apart(gateway, tmp_path, embedder):
     lines = [
         {"id": 1, "text": "release notes 25.11", "payload": {"year": 2025, "stable": True}},
