@@ -294,17 +294,7 @@ class Lego(Client):
 def aistack_config(directory: Path, pebble: Pebble) -> dict[str, Any]:
     return {
         "qdrant": {"path": str(directory / "qdrant")},
-        "acme": {
-            "domains": DOMAINS,
-            "email": EMAIL,
-            "accept_terms": True,
-            "directory_url": pebble.directory_url,
-            "ca_bundle": str(pebble.ca_file),
-            "challenge": "standalone",
-            "http_address": pebble.http_address,
-            "cert_dir": str(directory / "certs"),
-            "state_dir": str(directory / "state"),
-        },
+        "acme": {"domains": DOMAINS, "email": EMAIL, **pebble.acme_settings(directory)},
     }
 
 

@@ -10,8 +10,9 @@ pays for the interpreter and whatever site-packages' .pth files import):
   gc run --help           one command's parser;
   acme renew (not due)    a complete not-due renewal against a real pebble: the
                           configuration read and validated, the installed certificate
-                          read, the CA's directory and ARI renewal window fetched, the
-                          decision logged. The certificate is issued once beforehand.
+                          read (its facts kept since it was installed, checked by
+                          digest), the CA's directory and ARI renewal window fetched,
+                          the decision logged. The certificate is issued once beforehand.
 
 Bytecode is written and used as an installed package's is (a NixOS package ships it
 compiled): PYTHONDONTWRITEBYTECODE, which some environments set, would otherwise make every

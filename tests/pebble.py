@@ -103,6 +103,19 @@ class Pebble:
         """Where pebble looks for HTTP-01 answers (for names resolving to 127.0.0.1)."""
         return f"127.0.0.1:{self.http_port}"
 
+    def acme_settings(self, files: Path) -> dict[str, Any]:
+        """`acme` keys for a client of this pebble answering on `http_address`, its
+        certificates and state under `files`."""
+        return {
+            "accept_terms": True,
+            "directory_url": self.directory_url,
+            "ca_bundle": str(self.ca_file),
+            "challenge": "standalone",
+            "http_address": self.http_address,
+            "cert_dir": str(files / "certs"),
+            "state_dir": str(files / "state"),
+        }
+
     def start(self) -> None:
         config = self.directory / "pebble.json"
         config.write_text(

@@ -35,13 +35,7 @@ def acme_settings(tmp_path: Path, pebble: Pebble, **overrides: object) -> dict[s
     return {
         "domains": [DOMAIN, "aistack.test"],
         "email": "admin@aistack.test",
-        "accept_terms": True,
-        "directory_url": pebble.directory_url,
-        "ca_bundle": str(pebble.ca_file),
-        "challenge": "standalone",
-        "http_address": pebble.http_address,
-        "cert_dir": str(tmp_path / "certs"),
-        "state_dir": str(tmp_path / "state"),
+        **pebble.acme_settings(tmp_path),
         "webroot": str(tmp_path / "webroot"),
         **overrides,
     }

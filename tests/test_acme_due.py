@@ -38,13 +38,16 @@ def issue(
     domains: tuple[str, ...] = ("example.org",),
     key_type: str = "ec256",
     serial: int | None = None,
+    authority_key_id: str = "key",
 ) -> certfiles.Installed:
-    """A CA-signed certificate (with the Authority Key Identifier ARI needs), installed."""
+    """A CA-signed certificate (with the Authority Key Identifier ARI needs), installed.
+    `authority_key_id`: "key" (a key identifier), "issuer" (the issuer's name and serial
+    only), "none" (no such extension)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     key = keys.generate(key_type)
     start = NOW - age
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
         .issuer_name(ca_name)
@@ -55,12 +58,17 @@ def issue(
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False
         )
-        .add_extension(
+    )
+    if authority_key_id == "key":
+        builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())
-    )
+    elif authority_key_id == "issuer":
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier(None, [x509.DirectoryName(ca_name)], 1), critical=False
+        )
+    certificate = builder.sign(ca_key, hashes.SHA256())
     pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
     certfiles.install(directory, domains[0], pem, keys.to_pem(key))
     installed = certfiles.read_installed(directory, domains[0])
@@ -202,11 +210,11 @@ def test_ari_window_is_read_and_moves_the_renewal(tmp_path):
     try:
         config = ari_config(tmp_path, server.url)
         installed = issue(Path(config.cert_dir), lifetime=90 * DAY, age=DAY)
-        cert_pem = (installed.path / "cert.pem").read_bytes()
-        window = ari.renewal_window(config, cert_pem)
+        window = ari.renewal_window(config, installed.renewal_id)
         assert window == (now + 5 * DAY, now + 6 * DAY)
         # The id RFC 9773 names the certificate by, as the acme package computes it.
-        certificate = x509.load_pem_x509_certificate(cert_pem)
+        certificate = installed.certificate()
+        assert installed.renewal_id == ari.certificate_id(certificate)
         assert server.requests[-1] == "/renewal-info/" + ari.certificate_id(certificate)
         assert ari.certificate_id(certificate) == client._renewal_info_path_component(certificate)
         outcome = renew(config)
@@ -264,6 +272,77 @@ def test_retry_after_is_read_in_both_forms_and_lengthens_the_back_off():
 @pytest.mark.parametrize("serial", [1, 127, 128, 255, 256, 2**63, 2**158 + 1, 2**159 - 1])
 def test_the_ari_certificate_id_is_the_one_the_acme_package_computes(tmp_path, serial):
     installed = issue(tmp_path, lifetime=90 * DAY, age=DAY, serial=serial)
-    certificate = installed.certificate
+    certificate = installed.certificate()
     assert certificate.serial_number == serial
     assert ari.certificate_id(certificate) == client._renewal_info_path_component(certificate)
+
+
+def facts_kept(facts_file: Path) -> dict[str, object]:
+    return json.loads(facts_file.read_text())
+
+
+def test_the_facts_of_a_pair_are_kept_and_taken_back_for_the_same_files(tmp_path):
+    facts_file = tmp_path / "state" / "example.org.installed.json"
+    parsed = issue(tmp_path / "certs", lifetime=90 * DAY, age=DAY)
+    assert certfiles.read_installed(tmp_path / "certs", "example.org", facts_file) == parsed
+    assert facts_file.stat().st_mode & 0o777 == 0o600
+    # Taken from the file, not parsed again: a fact changed there (digest kept) is believed.
+    kept = facts_kept(facts_file)
+    facts_file.write_text(json.dumps({**kept, "key_type": "rsa4096"}))
+    again = certfiles.read_installed(tmp_path / "certs", "example.org", facts_file)
+    assert again is not None and again.key_type == "rsa4096"
+    # The right digest with facts missing: parsed again, and kept whole.
+    facts_file.write_text(json.dumps({"digest": kept["digest"]}))
+    assert certfiles.read_installed(tmp_path / "certs", "example.org", facts_file) == parsed
+    assert facts_kept(facts_file) == kept
+
+
+def test_a_pair_that_is_not_the_one_the_facts_were_read_from_is_parsed_again(tmp_path):
+    facts_file = tmp_path / "state" / "example.org.installed.json"
+    issue(tmp_path / "certs", lifetime=90 * DAY, age=DAY)
+    certfiles.read_installed(tmp_path / "certs", "example.org", facts_file)
+    # Renewed by someone else (another tool, a restore from backup): other files.
+    replaced = issue(tmp_path / "certs", lifetime=6 * DAY, age=DAY, key_type="ec384")
+    found = certfiles.read_installed(tmp_path / "certs", "example.org", facts_file)
+    assert found == replaced and found.key_type == "ec384"
+    assert facts_kept(facts_file)["serial_number"] == replaced.serial_number
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"{not json", b"[]", b'{"digest": "x"}', b"\xff\xfe"], ids=repr
+)
+def test_an_unreadable_facts_file_is_replaced_by_what_the_pair_says(tmp_path, content):
+    facts_file = tmp_path / "state" / "example.org.installed.json"
+    parsed = issue(tmp_path / "certs", lifetime=90 * DAY, age=DAY)
+    facts_file.parent.mkdir()
+    facts_file.write_bytes(content)
+    assert certfiles.read_installed(tmp_path / "certs", "example.org", facts_file) == parsed
+    assert facts_kept(facts_file)["serial_number"] == parsed.serial_number
+
+
+def test_facts_that_cannot_be_kept_are_read_from_the_pair_every_time(tmp_path):
+    (tmp_path / "state").write_text("a file where the state directory should be")
+    facts_file = tmp_path / "state" / "example.org.installed.json"
+    parsed = issue(tmp_path / "certs", lifetime=90 * DAY, age=DAY)
+    for _ in range(2):
+        assert certfiles.read_installed(tmp_path / "certs", "example.org", facts_file) == parsed
+
+
+@pytest.mark.parametrize("authority_key_id", ["none", "issuer"])
+def test_a_certificate_without_an_authority_key_id_is_judged_by_its_lifetime_alone(
+    tmp_path, authority_key_id
+):
+    now = datetime.datetime.now(datetime.UTC)
+    server = AriDirectory(now - DAY, now - datetime.timedelta(hours=1))
+    try:
+        config = ari_config(tmp_path, server.url)
+        cert_dir = Path(config.cert_dir)
+        installed = issue(cert_dir, 90 * DAY, DAY, authority_key_id=authority_key_id)
+        assert installed.renewal_id is None
+        assert ari.renewal_window(config, None) is None
+        outcome = renew(config)
+        # RFC 9773 names a certificate by its authority key id: without one, nothing to ask.
+        assert outcome.action == "not-due" and outcome.due.reason == "not due"
+        assert server.requests == []
+    finally:
+        server.close()

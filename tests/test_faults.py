@@ -497,7 +497,7 @@ def test_any_clock_reading_gives_a_decision_consistent_with_the_plan(
         installed.not_before,
         installed.not_after,
         30,
-        jitter_of(installed.certificate.serial_number),
+        jitter_of(installed.serial_number),
     )
     due = decide(installed, ["example.org"], "ec256", 30, now)
     assert due.due == (now >= planned)

@@ -2,7 +2,8 @@
 
 Whatever a file holds, loading it gives a Config or a ConfigError, never another
 exception; a ConfigError is one line per problem, names the key, and is no traceback;
-TOML and JSON of the same data give equal configs; `redacted()` hides every password.
+TOML and JSON of the same data give equal configs; `redacted()` hides every password; a
+DNS name UTS 46 leaves alone is judged as if it were mapped.
 
 Bounded: the "ci" profile (200 examples a test) unless HYPOTHESIS_PROFILE=fuzz
 (`bench/fuzz.py`) asks for many more. AISTACK_FUZZ_REPORT names a file that gets one JSON
@@ -15,18 +16,22 @@ import collections
 import json
 import math
 import os
+import re
 import string
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from aistack import config as config_module
 from aistack.config import (
     Config,
     ConfigError,
+    certificate_domain,
     load_config,
     parse_config_text,
     redacted,
@@ -353,3 +358,28 @@ def test_a_valid_config_without_secrets_round_trips_through_redacted(
     config = validate_config(data)
     again = validate_config(redacted(config))
     assert again.model_dump() == config.model_dump()
+
+
+def domain_verdict(name: str) -> str:
+    try:
+        return "kept " + certificate_domain(name)
+    except ValueError as error:
+        return f"refused: {error}"
+
+
+# Mostly what UTS 46 leaves alone, with what it maps or refuses mixed in (upper case, a
+# U-label letter, KELVIN SIGN, "_"), and A-labels.
+domain_names = st.text(alphabet="abkxn019-._AK\u00fc\u212a", max_size=70) | st.from_regex(
+    r"xn--[a-z0-9-]{1,12}(\.[a-z]{1,4})?", fullmatch=True
+)
+
+
+@PROFILE
+@given(name=domain_names)
+def test_a_name_uts46_leaves_alone_is_judged_as_with_the_mapping(name: str) -> None:
+    """A name of [a-z0-9.-] skips idna's UTS 46 mapping (a not-due renewal need not load its
+    table): kept or refused, with the same message, as when it is mapped."""
+    count("unmapped_domain")
+    unmapped = domain_verdict(name)
+    with mock.patch.object(config_module, "UNMAPPED_DNS_CHARACTERS", re.compile(r"(?!)")):
+        assert domain_verdict(name) == unmapped

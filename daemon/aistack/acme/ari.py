@@ -15,14 +15,16 @@ import datetime
 import json
 import ssl
 import urllib.request
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from aistack import __version__
-from aistack.config import AcmeConfig
 from aistack.errors import Failure
 from aistack.observability.logs import EventLog
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from aistack.config import AcmeConfig
 
 log = EventLog("acme")
 TIMEOUT_SECONDS = 30
@@ -33,10 +35,13 @@ class DirectoryUnreachable(Failure):
     """The ACME directory did not answer with a directory."""
 
 
-def renewal_window(config: AcmeConfig, cert_pem: bytes) -> Window | None:
-    """The window the CA suggests for this certificate, or None when its directory offers
-    no `renewalInfo` or the renewal info cannot be read (then the certificate's own
-    lifetime decides). DirectoryUnreachable when the directory itself cannot be read."""
+def renewal_window(config: AcmeConfig, renewal_id: str | None) -> Window | None:
+    """The window the CA suggests for the certificate `renewal_id` names (`certificate_id`),
+    or None when it has no id, the directory offers no `renewalInfo` or the renewal info
+    cannot be read (then the certificate's own lifetime decides). DirectoryUnreachable when
+    the directory itself cannot be read."""
+    if renewal_id is None:
+        return None
     context = tls_context(config)
     try:
         directory = get_json(config.directory, context)
@@ -47,7 +52,7 @@ def renewal_window(config: AcmeConfig, cert_pem: bytes) -> Window | None:
     base = directory.get("renewalInfo") if isinstance(directory, dict) else None
     if not isinstance(base, str):
         return None
-    url = base.rstrip("/") + "/" + certificate_id(x509.load_pem_x509_certificate(cert_pem))
+    url = base.rstrip("/") + "/" + renewal_id
     try:
         info = get_json(url, context)
         window = info["suggestedWindow"]
@@ -62,7 +67,10 @@ def renewal_window(config: AcmeConfig, cert_pem: bytes) -> Window | None:
 
 def certificate_id(certificate: x509.Certificate) -> str:
     """RFC 9773 section 4.1: base64url(authority key identifier) "." base64url(serial),
-    the serial as the bytes of its DER INTEGER (a leading zero byte when the top bit is set)."""
+    the serial as the bytes of its DER INTEGER (a leading zero byte when the top bit is set).
+    x509.ExtensionNotFound or ValueError when it has no authority key identifier."""
+    from cryptography import x509
+
     identifier = certificate.extensions.get_extension_for_class(
         x509.AuthorityKeyIdentifier
     ).value.key_identifier

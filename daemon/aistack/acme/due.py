@@ -69,11 +69,11 @@ def decide(
     if installed.key_type != key_type:
         return Due(True, f"key type changed ({installed.key_type} -> {key_type})")
     wanted = sorted(domain.lower() for domain in domains)
-    if installed.domains() != wanted:
-        return Due(True, f"domains changed ({','.join(installed.domains())} -> {','.join(wanted)})")
+    if installed.domains != wanted:
+        return Due(True, f"domains changed ({','.join(installed.domains)} -> {','.join(wanted)})")
     if installed.not_after <= now:
         return Due(True, "expired", installed.not_after)
-    jitter = jitter_of(installed.certificate.serial_number)
+    jitter = jitter_of(installed.serial_number)
     if ari_window is not None:
         renew_at = window_time(*ari_window, jitter)
         reason = "inside the CA's renewal window (ARI)"

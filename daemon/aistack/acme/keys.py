@@ -1,22 +1,26 @@
-"""Private keys: the account key (kept across runs) and certificate keys (one per issue)."""
+"""Private keys: the account key (kept across runs) and certificate keys (one per issue).
+
+cryptography is imported where a key is made or read, not here: a not-due renewal saves
+its state with `write_private` and touches no key (see certfiles.py).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
     import josepy as jose
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def generate(key_type: str) -> PrivateKey:
     """ec256 (the default: small and fast), ec384, rsa2048 or rsa4096."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if key_type == "ec256":
         return ec.generate_private_key(ec.SECP256R1())
     if key_type == "ec384":
@@ -27,6 +31,8 @@ def generate(key_type: str) -> PrivateKey:
 
 
 def key_type_of(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         return {"secp256r1": "ec256", "secp384r1": "ec384"}.get(key.curve.name, key.curve.name)
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
@@ -35,6 +41,8 @@ def key_type_of(key: object) -> str:
 
 
 def to_pem(key: PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -43,6 +51,9 @@ def to_pem(key: PrivateKey) -> bytes:
 
 
 def load_pem(data: bytes) -> PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     key = serialization.load_pem_private_key(data, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ValueError(f"unsupported key {type(key).__name__}")
@@ -64,6 +75,7 @@ def write_private(path: Path, data: bytes) -> None:
 def account_jwk(key: PrivateKey) -> tuple[jose.JWK, jose.JWASignature]:
     """The JWK and the signature algorithm the account key signs with (RFC 7518)."""
     import josepy as jose  # only an order signs: a not-due run never loads it
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     if isinstance(key, ec.EllipticCurvePrivateKey):
         algorithm = {"secp256r1": jose.ES256, "secp384r1": jose.ES384}[key.curve.name]

@@ -1,7 +1,8 @@
 """`aistack acme renew`: decide, and if due, issue and install; never lose the old pair.
 
 A run that finds nothing due, the CA's renewal window included (`ari`), loads nothing of
-the ACME client: the `acme` package and `requests` load only for an order.
+the ACME client: the `acme` package and `requests` load only for an order. Nor does it
+parse the certificate: its facts were kept when it was installed (`facts_path`, certfiles).
 
 A failed attempt leaves the installed certificate as it was, is counted, logged with the
 CA's problem document and kept in `state_dir/<name>.json` for `aistack acme status` and
@@ -62,6 +63,11 @@ def state_path(config: AcmeConfig) -> Path:
     return Path(config.state_dir) / f"{config.certificate_name}.json"
 
 
+def facts_path(config: AcmeConfig) -> Path:
+    """Where what was read from the installed pair is kept (certfiles.read_installed)."""
+    return Path(config.state_dir) / f"{config.certificate_name}.installed.json"
+
+
 def changed_marker(config: AcmeConfig) -> Path:
     """Left by a renewal that installed a new certificate, until consumers were reloaded."""
     return Path(config.state_dir) / f"{config.certificate_name}.changed"
@@ -100,7 +106,8 @@ def backoff(consecutive_failures: int, retry_after: float | None) -> datetime.ti
 def ensure_placeholder(config: AcmeConfig) -> bool:
     """Stand a self-signed pair where the certificate goes, if nothing stands there."""
     cert_dir = Path(config.cert_dir)
-    if certfiles.read_installed(cert_dir, config.certificate_name) is not None:
+    facts = facts_path(config)
+    if certfiles.read_installed(cert_dir, config.certificate_name, facts) is not None:
         return False
     fullchain, key_pem = certfiles.make_placeholder(config.domains, config.key_type)
     certfiles.install(cert_dir, config.certificate_name, fullchain, key_pem)
@@ -121,7 +128,7 @@ def renew(
     name = config.certificate_name
     cert_dir = Path(config.cert_dir)
     ensure_placeholder(config)
-    installed = certfiles.read_installed(cert_dir, name)
+    installed = certfiles.read_installed(cert_dir, name, facts_path(config))
     state = CertificateState.load(state_path(config))
 
     offline = decide(
@@ -130,7 +137,7 @@ def renew(
     if installed is not None and not offline.due:
         # Not due by the certificate's lifetime: the CA may still want it early (ARI).
         try:
-            window = ari.renewal_window(config, (installed.path / "cert.pem").read_bytes())
+            window = ari.renewal_window(config, installed.renewal_id)
         except ari.DirectoryUnreachable as failure:
             # The CA being unreachable on a day nothing is due is no failure.
             log.warning("acme.directory_unreachable", certificate=name, error=str(failure))
@@ -195,7 +202,7 @@ def _renew_due(
             f"installing the new certificate in {cert_dir} failed: {reason}", retryable=False
         )
         return _failed(config, state, due, not_installed, now, installed)
-    fresh = certfiles.read_installed(cert_dir, name)
+    fresh = certfiles.read_installed(cert_dir, name, facts_path(config))
     assert fresh is not None
     state.last_attempt = state.last_success = now.isoformat()
     state.last_error = None
@@ -207,7 +214,7 @@ def _renew_due(
     log.info(
         "acme.renewed",
         certificate=name,
-        serial=f"{fresh.certificate.serial_number:x}",
+        serial=f"{fresh.serial_number:x}",
         not_after=_stamp(fresh.not_after),
     )
     return Outcome(name, "renewed", due, changed=True, not_after=fresh.not_after)

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from aistack.acme import certfiles
 from aistack.acme.due import decide
-from aistack.acme.renew import CertificateState, state_path
+from aistack.acme.renew import CertificateState, facts_path, state_path
 from aistack.config import AcmeConfig
 from aistack.observability.textfile import write_textfile
 
@@ -52,7 +52,8 @@ def certificate_status(
     config: AcmeConfig, now: datetime.datetime | None = None
 ) -> CertificateStatus:
     now = now or datetime.datetime.now(datetime.UTC)
-    installed = certfiles.read_installed(Path(config.cert_dir), config.certificate_name)
+    name = config.certificate_name
+    installed = certfiles.read_installed(Path(config.cert_dir), name, facts_path(config))
     due = decide(installed, config.domains, config.key_type, config.renew_before_days, now)
     return CertificateStatus(
         name=config.certificate_name,
