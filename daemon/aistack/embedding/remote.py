@@ -7,6 +7,7 @@ A BatchModel for the scheduler: the queries that wait together go in one request
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 
 import aiohttp
@@ -22,6 +23,15 @@ def endpoint_url(url: str) -> str:
     if url.endswith("/v1"):
         return f"{url}/embeddings"
     return f"{url}/v1/embeddings"
+
+
+def unit_length(vector: list[float]) -> list[float]:
+    """Servers differ (llama.cpp's --embd-normalize, TEI's normalize): the collections
+    compare by dot product (stores/qdrant.py), so every vector is made unit length here."""
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    if norm == 0:
+        raise EmbedderUnavailable("the embedding server answered a zero vector")
+    return [x / norm for x in vector]
 
 
 class OpenAIEmbedder:
@@ -70,7 +80,7 @@ class OpenAIEmbedder:
             raise EmbedderError(
                 f"{self._url} returned vectors that are not {len(texts)} x {self.dimension}"
             )
-        return vectors
+        return [unit_length(vector) for vector in vectors]
 
     def tokens(self, text: str) -> int:
         # The server's tokenizer is not ours to call: about four characters a token.
