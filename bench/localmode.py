@@ -4,7 +4,8 @@
     python3 bench/localmode.py [--rounds N] [--json]
 
 The collection is bench/gateway.py's (10,000 documents embedded with the bundled model,
-built once under bench/out/ and copied here); the queries are bench/common.py's 50,
+built once under bench/out/), copied here as a Cosine collection, as every release before
+the dot-product one made them, and as it is (dot product); the queries are bench/common.py's 50,
 embedded with the same model. In each round the pieces below take turns call by call
 over the queries (a drift of the shared machine falls on all of them alike); a row is the
 median round, its ratio the median of the per-round ratios to the numpy baseline. Wall
@@ -18,7 +19,8 @@ this process's threads) does not, and is the steadier figure on a shared machine
                       the hop to the store's thread, the collection check, qdrant-client,
                       our Hit records; "ours" is its excess over query_points;
   query_points        qdrant-client alone, on this thread, as `VectorStore.search` calls it
-                      (with_payload, limit 11), and without the payload;
+                      (with_payload, limit 11), and without the payload; and on the
+                      dot-product collection, as collections are made now;
   thread hop          a no-op awaited on the store's one-thread executor;
   local mode's numpy  what qdrant-client's local search computes, repeated here on a copy
                       of the matrix: every stored vector renormalised (cosine), the float32
@@ -82,6 +84,7 @@ PIECES = [
     ("store_search", "store.search (the gateway's call)"),
     ("query_points", "query_points, with_payload (as we call it)"),
     ("query_points_no_payload", "query_points, no payload"),
+    ("query_points_dot", "query_points, dot-product collection"),
     ("ours", "ours: store.search - query_points"),
     ("thread_hop", "  of which the thread hop (a no-op)"),
     ("collection_exists", "  of which collection_exists"),
@@ -109,16 +112,19 @@ def child_report(blas: str, rounds: int) -> dict[str, Any]:
     return report
 
 
-def prepared_store(work: Path) -> Path:
-    """A copy of bench/gateway.py's ingested store: local mode locks what it opens."""
+def prepared_store(work: Path) -> tuple[Path, Path]:
+    """Copies of bench/gateway.py's ingested store (local mode locks what it opens): as a
+    Cosine collection, and as it is."""
     from aistack.stores.private_postgres import free_port
-    from bench.gateway import cached_store
+    from bench.gateway import cached_store, cosine_copy
 
     # Ingest does not reach PostgreSQL: a closed port will do (as in bench/gateway.py).
     cached = cached_store(work, f"postgresql://bench@127.0.0.1:{free_port()}/aistack")
-    copy = work / "qdrant"
-    shutil.copytree(cached, copy)
-    return copy
+    dot = work / "qdrant-dot"
+    shutil.copytree(cached, dot)
+    cosine = work / "qdrant"
+    cosine_copy(cached, cosine)
+    return cosine, dot
 
 
 async def stored_matrix(store: Any) -> tuple[list[int | str], Any]:
@@ -133,7 +139,9 @@ async def stored_matrix(store: Any) -> tuple[list[int | str], Any]:
     return ids, np.array(rows, dtype=np.float32)
 
 
-def pieces(store: Any, embedder: Any, matrix: Any, queries: list[list[float]]) -> dict[str, Piece]:
+def pieces(
+    store: Any, dot: Any, embedder: Any, matrix: Any, queries: list[list[float]]
+) -> dict[str, Piece]:
     import numpy as np
     from qdrant_client import models
 
@@ -165,6 +173,13 @@ def pieces(store: Any, embedder: Any, matrix: Any, queries: list[list[float]]) -
         "store_search": (lambda q: store.search(SEARCH_COLLECTION, q, LIMIT, 0), queries, 1),
         "query_points": (query_points(True), queries, 1),
         "query_points_no_payload": (query_points(False), queries, 1),
+        "query_points_dot": (
+            lambda q: dot.query_points(
+                SEARCH_COLLECTION, query=list(q), limit=LIMIT, with_payload=True
+            ),
+            queries,
+            1,
+        ),
         "thread_hop": (lambda q: store._run(int), queries, 1),
         "collection_exists": (
             lambda q: client.collection_exists(SEARCH_COLLECTION),
@@ -213,17 +228,20 @@ async def one_round(timed: dict[str, Piece]) -> dict[str, dict[str, float]]:
     return times
 
 
-async def measure(store_path: Path, rounds: int, blas: str) -> dict[str, Any]:
+async def measure(store_paths: tuple[Path, Path], rounds: int, blas: str) -> dict[str, Any]:
+    from qdrant_client import QdrantClient
+
     from aistack.config import EmbeddingConfig, QdrantConfig
     from aistack.embedding import open_embedder
     from aistack.stores.qdrant import VectorStore
 
     embedder = await open_embedder(EmbeddingConfig())
-    store = VectorStore.connect(QdrantConfig(path=str(store_path)))
+    store = VectorStore.connect(QdrantConfig(path=str(store_paths[0])))
+    dot = QdrantClient(path=str(store_paths[1]))
     try:
         queries = await embedder.embed_documents(QUERIES)
         ids, matrix = await stored_matrix(store)
-        timed = pieces(store, embedder, matrix, queries)
+        timed = pieces(store, dot, embedder, matrix, queries)
         per_round: dict[str, dict[str, list[float]]] = {
             clock: {key: [] for key, _ in PIECES} for clock in CLOCKS
         }
@@ -240,6 +258,7 @@ async def measure(store_path: Path, rounds: int, blas: str) -> dict[str, Any]:
             )
         agreement = top10_agreement(store.client, ids, matrix, queries)
     finally:
+        dot.close()
         await store.close()
         await embedder.close()
     return {

@@ -122,6 +122,26 @@ async def test_a_short_query_waits_about_one_batch_while_20_clients_flood_long_o
         await scheduler.close()
 
 
+async def test_a_wait_for_company_gathers_queries_only_while_another_worker_is_busy(model):
+    scheduler = EmbeddingScheduler(model, 2, BatchLimits(size=32, tokens=512, wait_seconds=5))
+    try:
+        # Idle: a lone query starts at once, not after the 5 s wait.
+        await asyncio.wait_for(scheduler.embed_query(SHORT, "a"), 2.0)
+        assert len(model.batches) == 1
+        # One worker busy with a long text: the other waits for the short ones to gather.
+        busy = asyncio.create_task(scheduler.embed_query(LONG, "a"))
+        await asyncio.sleep(0.01)
+        shorts = []
+        for n in range(5):
+            shorts.append(asyncio.create_task(scheduler.embed_query(f"{SHORT} {n}", "b")))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(busy, *shorts)
+    finally:
+        await scheduler.close()
+    short_batches = [b for b in model.batches[1:] if LONG not in b]
+    assert len(short_batches) <= 2, short_batches
+
+
 async def test_documents_come_back_in_their_order_from_several_batches(model):
     scheduler = EmbeddingScheduler(model, 2, BatchLimits(size=4, tokens=1024, wait_seconds=0))
     texts = [LONG[: 40 * (n % 7 + 1)] + f" {n}" for n in range(30)]

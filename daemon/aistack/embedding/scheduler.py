@@ -99,6 +99,7 @@ class EmbeddingScheduler:
         self._clock = 0  # the start tag of the text last taken into a batch
         self._finish: dict[str, int] = {}  # each client's last finish tag
         self._closed = False
+        self._running = 0  # batches in the model now
         self.batches = 0  # batches started, for tests and the bench
         self.embedded = 0
         self._workers = [
@@ -200,6 +201,9 @@ class EmbeddingScheduler:
                 for pending in batch:
                     _resolve(pending, error=error)
                 continue
+            finally:
+                with self._lock:
+                    self._running -= 1
             for pending, vector in zip(batch, vectors, strict=True):
                 _resolve(pending, vector=vector)
 
@@ -214,14 +218,17 @@ class EmbeddingScheduler:
                 if self._pending:  # else another worker took what this one waited with
                     break
             batch = self._take_batch()
+            self._running += 1
             self.batches += 1
             self.embedded += len(batch)
             return batch
 
     def _wait_for_company(self) -> None:
-        """A short queue waits up to `batch.wait_seconds` to fill: a batch of several costs
-        less a text than single calls. Bounded, and only when the queue is short."""
-        if self.limits.wait_seconds <= 0:
+        """While another worker is busy, a short queue waits up to `batch.wait_seconds` to
+        fill: a batch of several costs less a text than single calls, and at a moderate
+        rate two workers taking one text each would spend the cores on the difference.
+        An idle embedder starts at once."""
+        if self.limits.wait_seconds <= 0 or self._running == 0:
             return
         deadline = time.monotonic() + self.limits.wait_seconds
         while 0 < len(self._pending) < self.limits.size and not self._closed:
