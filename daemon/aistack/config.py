@@ -427,6 +427,10 @@ class AcmeConfig(Section):
     ca_bundle: str = ""
     eab_kid: str = ""
     eab_hmac_key_file: str = ""
+    # A shell command run once after a certificate changed (certbot's --deploy-hook), e.g.
+    # "podman exec local-ai-nginx nginx -s reload"; its failure never undoes the install.
+    deploy_hook: str = ""
+    deploy_hook_timeout_seconds: float = Field(default=120, gt=0, le=3600)
 
     @field_validator("email")
     @classmethod

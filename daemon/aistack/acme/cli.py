@@ -25,6 +25,13 @@ def register(commands: Any) -> None:
     config_argument(renew)
     renew.add_argument("--force", action="store_true", help="renew now, due or not")
     renew.add_argument(
+        "--deploy-hook",
+        metavar="CMD",
+        help="run CMD with /bin/sh once after the certificate changed (instead of "
+        "acme.deploy_hook); it sees AISTACK_CERTIFICATE, AISTACK_FULLCHAIN, AISTACK_KEY, "
+        "RENEWED_LINEAGE ...",
+    )
+    renew.add_argument(
         "--metrics-file",
         type=Path,
         metavar="FILE",
@@ -71,6 +78,8 @@ def run_renew(args: argparse.Namespace) -> int:
 
     config = load_config(args.config).acme
     check_config(config)
+    if args.deploy_hook is not None:
+        config = config.model_copy(update={"deploy_hook": args.deploy_hook})
     try:
         outcome = renew(config, force=args.force)
     finally:

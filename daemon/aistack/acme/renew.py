@@ -44,6 +44,8 @@ class CertificateState:
     failures_total: int = 0
     renewals_total: int = 0
     next_attempt: str | None = None
+    deploy_hook_failures_total: int = 0
+    last_deploy_hook_error: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> CertificateState:
@@ -82,6 +84,7 @@ class Outcome:
     error: str | None = None
     problem: dict[str, Any] | None = None
     not_after: datetime.datetime | None = None
+    hook_error: str | None = None
 
     def line(self) -> str:
         parts = [self.name, self.action]
@@ -93,6 +96,8 @@ class Outcome:
             parts.append(f"({self.due.reason})")
         if self.error:
             parts.append(f"error: {self.error}")
+        if self.hook_error:
+            parts.append(f"({self.hook_error}; the certificate stays installed)")
         return " ".join(parts)
 
 
@@ -217,7 +222,31 @@ def _renew_due(
         serial=f"{fresh.serial_number:x}",
         not_after=_stamp(fresh.not_after),
     )
-    return Outcome(name, "renewed", due, changed=True, not_after=fresh.not_after)
+    hook_error = _deploy(config, state)
+    return Outcome(
+        name, "renewed", due, changed=True, not_after=fresh.not_after, hook_error=hook_error
+    )
+
+
+def _deploy(config: AcmeConfig, state: CertificateState) -> str | None:
+    """The deploy hook, if one is set; its failure is counted, never undone."""
+    if not config.deploy_hook:
+        return None
+    from aistack.acme.hook import run_deploy_hook
+
+    name = config.certificate_name
+    error = run_deploy_hook(
+        config.deploy_hook,
+        name,
+        certfiles.live_path(Path(config.cert_dir), name),
+        list(config.domains),
+        config.deploy_hook_timeout_seconds,
+    )
+    state.last_deploy_hook_error = error
+    if error is not None:
+        state.deploy_hook_failures_total += 1
+    state.save(state_path(config))
+    return error
 
 
 def _issue_with_retries(acme: AcmeClient, config: AcmeConfig) -> tuple[str, bytes]:

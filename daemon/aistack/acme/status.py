@@ -45,6 +45,8 @@ class CertificateStatus:
             "failures_total": self.state.failures_total,
             "renewals_total": self.state.renewals_total,
             "next_attempt": self.state.next_attempt,
+            "deploy_hook_failures_total": self.state.deploy_hook_failures_total,
+            "last_deploy_hook_error": self.state.last_deploy_hook_error,
         }
 
 
@@ -83,6 +85,11 @@ def format_status(status: CertificateStatus) -> str:
         f"  last success: {stamp(status.state.last_success)}",
         f"  renewals: {status.state.renewals_total}, failures: {status.state.failures_total}",
     ]
+    if status.state.last_deploy_hook_error:
+        lines.append(
+            f"  deploy hook: {status.state.last_deploy_hook_error} "
+            f"({status.state.deploy_hook_failures_total} failures in all)"
+        )
     if status.state.last_error:
         error = status.state.last_error
         lines.append(f"  last error ({error.get('at', '?')}): {error.get('message')}")
@@ -141,6 +148,13 @@ class StatusCollector(Collector):
         )
         placeholder.add_metric([name], 1 if status.placeholder else 0)
         yield placeholder
+        hook = CounterMetricFamily(
+            "aistack_acme_deploy_hook_failures",
+            "Deploy hook runs that failed (the certificate stayed installed)",
+            labels=["certificate"],
+        )
+        hook.add_metric([name], status.state.deploy_hook_failures_total)
+        yield hook
 
 
 def write_metrics_file(path: Path, status: CertificateStatus) -> None:
