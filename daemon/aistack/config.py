@@ -507,6 +507,12 @@ def parse_config_text(text: str, suffix: str, name: str = "<config>") -> dict[st
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a configuration file; raise ConfigError with every problem named."""
+    data, text = read_config_file(path)
+    return validate_config(data, text, str(path))
+
+
+def read_config_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """The file's sections, not yet validated, and its text (for line numbers)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -514,8 +520,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{file}: cannot read the configuration: {error.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not UTF-8 text") from None
-    data = parse_config_text(text, file.suffix.lower(), str(file))
-    return validate_config(data, text, str(file))
+    return parse_config_text(text, file.suffix.lower(), str(file)), text
+
+
+def acme_config_with(
+    path: str | None, overrides: dict[str, Any], flags: dict[str, str]
+) -> AcmeConfig:
+    """The `acme` section of the file at `path` (the defaults, without one) with the
+    command line's `overrides` on top, validated as one: a bad flag is an error like a bad
+    key, and `flags` names the flag each overridden key came from."""
+    if path is not None:
+        data, text = read_config_file(path)
+        section = data.get("acme", {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: acme must be a table of keys")
+        return validate_config({**data, "acme": {**section, **overrides}}, text, path).acme
+    try:
+        return AcmeConfig.model_validate(overrides)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = str(item["loc"][0]) if item["loc"] else ""
+            problems.append(f"{flags.get(key, key)}: {_one_line(_strip_prefix(item['msg']))}")
+        raise ConfigError("\n".join(problems)) from None
 
 
 def validate_config(data: dict[str, Any], text: str = "", name: str = "<config>") -> Config:

@@ -22,7 +22,28 @@ def register(commands: Any) -> None:
         description="Prints one line per certificate: NAME renewed|not-due|waiting|failed. "
         "A line 'changed NAME' on stdout says consumers (nginx, the gateway) must reload.",
     )
-    config_argument(renew)
+    renew.add_argument(
+        "--config", metavar="FILE", help="configuration file (.toml or .json); optional here"
+    )
+    roadmap = renew.add_argument_group(
+        "certbot's flags", "on top of the configuration file's acme keys, or without one"
+    )
+    roadmap.add_argument(
+        "--domain", action="append", dest="domains", metavar="NAME", help="repeatable"
+    )
+    roadmap.add_argument("--email", metavar="ADDRESS")
+    roadmap.add_argument("--staging", action="store_true", help="Let's Encrypt's staging directory")
+    roadmap.add_argument("--webroot", metavar="DIR", help="answer HTTP-01 from DIR")
+    roadmap.add_argument(
+        "--agree-tos",
+        "--accept-terms",
+        action="store_true",
+        dest="accept_terms",
+        help="agree to the CA's terms of service (acme.accept_terms)",
+    )
+    roadmap.add_argument("--server", metavar="URL", help="the ACME directory (acme.directory_url)")
+    roadmap.add_argument("--cert-dir", metavar="DIR", help="acme.cert_dir")
+    roadmap.add_argument("--state-dir", metavar="DIR", help="acme.state_dir")
     renew.add_argument("--force", action="store_true", help="renew now, due or not")
     renew.add_argument(
         "--deploy-hook",
@@ -73,10 +94,39 @@ def _write_metrics(config: Any, path: Path | None) -> None:
     write_metrics_file(path, certificate_status(config))
 
 
+FLAG_OF = {
+    "domains": "--domain",
+    "email": "--email",
+    "webroot": "--webroot",
+    "directory_url": "--server",
+    "cert_dir": "--cert-dir",
+    "state_dir": "--state-dir",
+}
+
+
+def command_line_acme(args: argparse.Namespace) -> dict[str, Any]:
+    """The acme keys the flags set; only those given."""
+    given: dict[str, Any] = {
+        key: getattr(args, key)
+        for key in ("domains", "email", "cert_dir", "state_dir")
+        if getattr(args, key) is not None
+    }
+    if args.server is not None:
+        given["directory_url"] = args.server
+    if args.webroot is not None:
+        given |= {"challenge": "webroot", "webroot": args.webroot}
+    if args.staging:
+        given["staging"] = True
+    if args.accept_terms:
+        given["accept_terms"] = True
+    return given
+
+
 def run_renew(args: argparse.Namespace) -> int:
     from aistack.acme.renew import check_config, renew
+    from aistack.config import acme_config_with
 
-    config = load_config(args.config).acme
+    config = acme_config_with(args.config, command_line_acme(args), FLAG_OF)
     check_config(config)
     if args.deploy_hook is not None:
         config = config.model_copy(update={"deploy_hook": args.deploy_hook})

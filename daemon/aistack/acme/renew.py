@@ -122,7 +122,9 @@ def ensure_placeholder(config: AcmeConfig) -> bool:
 
 def check_config(config: AcmeConfig) -> None:
     if not config.domains:
-        raise ConfigError("acme.domains is empty: name at least one domain")
+        raise ConfigError(
+            "acme.domains is empty: name at least one domain (acme.domains, or --domain)"
+        )
 
 
 def renew(
