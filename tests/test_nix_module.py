@@ -110,6 +110,7 @@ def test_full_configuration_units_timers_and_hardening():
         "aistack-gateway",
         "aistack-gc",
         "aistack-acme",
+        "aistack-acme-dry-run",
         "aistack-acme-placeholder",
         "aistack-qdrant-key",
     }
@@ -163,6 +164,16 @@ def test_full_configuration_units_timers_and_hardening():
     assert acme["AmbientCapabilities"] == ""  # webroot: no capability at all
     assert acme["CapabilityBoundingSet"] == ""
     assert out["timers"]["aistack-acme"]["timerConfig"]["Persistent"] is True
+    # The rehearsal: started by hand only, the renewal's unit but for --dry-run and the reload.
+    dry_run = services["aistack-acme-dry-run"]
+    assert dry_run["wantedBy"] == [] and "aistack-acme-dry-run" not in out["timers"]
+    assert dry_run["serviceConfig"]["ExecStart"] == (
+        acme["ExecStart"].split(" --metrics-file")[0] + " --dry-run"
+    )
+    assert "ExecStartPost" not in dry_run["serviceConfig"]
+    same = {k: v for k, v in acme.items() if k not in ("ExecStart", "ExecStartPost")}
+    assert {k: v for k, v in dry_run["serviceConfig"].items() if k != "ExecStart"} == same
+    assert dry_run["after"] == services["aistack-acme"]["after"]
     placeholder = services["aistack-acme-placeholder"]
     assert "nginx.service" in placeholder["before"]
     assert placeholder["serviceConfig"]["RemainAfterExit"] is True
@@ -479,6 +490,7 @@ def test_systemd_analyze_security_of_the_units(tmp_path):
     assert scores["aistack-gateway"] <= 2.0
     assert scores["aistack-gc"] <= 2.0
     assert scores["aistack-acme"] <= 2.0
+    assert scores["aistack-acme-dry-run"] <= 2.0
     assert scores["aistack-acme-placeholder"] <= 2.0
 
 

@@ -47,6 +47,7 @@ UNMAPPED_DNS_CHARACTERS = re.compile(r"[a-z0-9.-]+")
 RATE_WINDOW_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 STAGING_DIRECTORY = "https://acme-staging-v02.api.letsencrypt.org/directory"
+PRODUCTION_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 
 
 class ConfigError(UsageError):
@@ -415,7 +416,7 @@ class AcmeConfig(Section):
     email: str = ""
     # The CA's terms of service must be agreed to explicitly (NixOS: acceptTerms).
     accept_terms: bool = False
-    directory_url: str = "https://acme-v02.api.letsencrypt.org/directory"
+    directory_url: str = PRODUCTION_DIRECTORY
     staging: bool = False
     key_type: Literal["ec256", "ec384", "rsa2048", "rsa4096"] = "ec256"
     renew_before_days: int = Field(default=30, ge=1, le=365)
@@ -465,6 +466,12 @@ class AcmeConfig(Section):
     @property
     def directory(self) -> str:
         return STAGING_DIRECTORY if self.staging else self.directory_url
+
+    @property
+    def rehearsal_directory(self) -> str:
+        """Where a dry run orders: Let's Encrypt's staging for its production, else the
+        configured directory (a private CA, pebble, staging itself)."""
+        return STAGING_DIRECTORY if self.directory == PRODUCTION_DIRECTORY else self.directory
 
 
 def absent_section() -> Any:

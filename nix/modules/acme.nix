@@ -232,6 +232,20 @@ in
         };
       };
 
+      # A rehearsal to start by hand (`systemctl start aistack-acme-dry-run`): a complete
+      # order against Let's Encrypt's staging (or the configured CA when it is not Let's
+      # Encrypt's production), keeping nothing; it fails when no certificate was issued.
+      # No timer, no reload, no metrics: nothing it does is the real certificate's.
+      systemd.services.aistack-acme-dry-run = {
+        description = "aistack: rehearse an issuance against the staging CA, keep nothing";
+        inherit (config.systemd.services.aistack-acme) wants after;
+        serviceConfig = removeAttrs config.systemd.services.aistack-acme.serviceConfig [
+          "ExecStartPost"
+        ] // {
+          ExecStart = "${exe} acme renew --config ${top.configFile} --dry-run";
+        };
+      };
+
       systemd.timers.aistack-acme = {
         description = "Consider renewing the aistack certificate";
         wantedBy = [ "timers.target" ];

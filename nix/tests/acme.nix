@@ -117,6 +117,14 @@
           webserver.succeed("systemctl start aistack-acme.service")
           assert served_serial() == first
 
+      with subtest("the dry-run unit orders a certificate and keeps nothing"):
+          files = "sha256sum /var/lib/aistack/certs/${domain}/*.pem /var/lib/aistack/acme/*.json"
+          before = webserver.succeed(files)
+          webserver.succeed("systemctl start aistack-acme-dry-run.service")
+          assert "event=acme.dry_run_issued" in webserver.succeed("journalctl -u aistack-acme-dry-run")
+          assert webserver.succeed(files) == before
+          assert served_serial() == first
+
       with subtest("forced renewal changes the certificate and reloads nginx"):
           webserver.succeed("aistack-manage acme renew --force")
           webserver.succeed(

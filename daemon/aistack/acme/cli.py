@@ -46,6 +46,12 @@ def register(commands: Any) -> None:
     roadmap.add_argument("--state-dir", metavar="DIR", help="acme.state_dir")
     renew.add_argument("--force", action="store_true", help="renew now, due or not")
     renew.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="order a certificate from the staging directory (or the configured one when it "
+        "is not Let's Encrypt's production) and keep nothing: exit 0 only if it was issued",
+    )
+    renew.add_argument(
         "--deploy-hook",
         metavar="CMD",
         help="run CMD with /bin/sh once after the certificate changed (instead of "
@@ -130,6 +136,8 @@ def run_renew(args: argparse.Namespace) -> int:
     check_config(config)
     if args.deploy_hook is not None:
         config = config.model_copy(update={"deploy_hook": args.deploy_hook})
+    if args.dry_run:
+        return _dry_run(config)
     try:
         outcome = renew(config, force=args.force)
     finally:
@@ -138,6 +146,22 @@ def run_renew(args: argparse.Namespace) -> int:
     if outcome.changed:
         print(f"changed {outcome.name}")
     return EXIT_FAILURE if outcome.action in ("failed", "waiting") else EXIT_OK
+
+
+def _dry_run(config: Any) -> int:
+    from aistack.acme.renew import dry_run
+
+    outcome = dry_run(config)
+    if outcome.action == "failed":
+        print(f"{outcome.name} dry run failed: {outcome.error}", file=sys.stderr)
+        return EXIT_FAILURE
+    expires = f"{outcome.not_after:%Y-%m-%dT%H:%M:%SZ}" if outcome.not_after else "?"
+    print(
+        f"{outcome.name} dry run: issued ({outcome.due.reason}, expires {expires}); "
+        "nothing was installed or recorded",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def run_placeholder(args: argparse.Namespace) -> int:

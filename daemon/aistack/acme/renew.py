@@ -167,6 +167,37 @@ def renew(
     return _renew_due(config, due, state, installed, now, force)
 
 
+def dry_run(config: AcmeConfig) -> Outcome:
+    """A complete order against `rehearsal_directory`, with a throwaway certificate key and
+    an account of its own (`state_dir/dry-run`): nothing is installed under `cert_dir`, no
+    state, account, placeholder, marker or hook of the real certificate is touched."""
+    from aistack.acme.protocol import AcmeClient, AcmeFailure
+
+    check_config(config)
+    name = config.certificate_name
+    directory = config.rehearsal_directory
+    rehearsal = config.model_copy(
+        update={"directory_url": directory, "staging": False, "deploy_hook": ""}
+    )
+    due = Due(True, f"dry run against {directory}")
+    log.info("acme.dry_run", certificate=name, directory=directory)
+    try:
+        acme = AcmeClient(rehearsal, Path(config.state_dir) / "dry-run")
+        fullchain, key_pem = _issue_with_retries(acme, rehearsal)
+    except AcmeFailure as failure:
+        log.error("acme.dry_run_failed", certificate=name, directory=directory, error=str(failure))
+        return Outcome(name, "failed", due, error=str(failure))
+    facts = certfiles.read_facts(certfiles.split_chain(fullchain)[0].encode(), key_pem)
+    log.info(
+        "acme.dry_run_issued",
+        certificate=name,
+        serial=f"{facts.serial_number:x}",
+        not_after=_stamp(facts.not_after),
+        installed="no",
+    )
+    return Outcome(name, "dry-run-issued", due, not_after=facts.not_after)
+
+
 def _renew_due(
     config: AcmeConfig,
     due: Due,
