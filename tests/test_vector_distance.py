@@ -5,7 +5,9 @@ embedding server is the stand-in of test_gateway_dependencies (none installs her
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from qdrant_client import models
 
 from aistack.config import validate_config
-from aistack.embedding import EmbedderUnavailable, open_embedder
+from aistack.embedding import Embedder, EmbedderUnavailable, open_embedder
 from aistack.stores.private_postgres import free_port
 from aistack.stores.qdrant import VectorStore
 
@@ -83,40 +85,36 @@ def scaled_server(model, scale: float) -> web.Application:
     return app
 
 
-async def remote_for(port: int):
+@contextlib.asynccontextmanager
+async def remote_behind(model, scale: float) -> AsyncIterator[Embedder]:
+    """The openai backend, opened against `scaled_server` on a loopback port."""
+    port = free_port()
+    server = TestServer(scaled_server(model, scale), host="127.0.0.1", port=port)
+    await server.start_server()
     config = validate_config(
         {
             "qdrant": {"path": "/unused"},
             "embedding": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1"},
         }
     )
-    return await open_embedder(config.embedding)
+    remote = await open_embedder(config.embedding)
+    try:
+        yield remote
+    finally:
+        await remote.close()
+        await server.close()
 
 
 async def test_a_servers_vectors_are_made_unit_length(embedder):
-    port = free_port()
-    server = TestServer(scaled_server(embedder, 3.0), host="127.0.0.1", port=port)
-    await server.start_server()
-    remote = await remote_for(port)
-    try:
+    async with remote_behind(embedder, 3.0) as remote:
         vector = await remote.embed_query(QUESTION)
         assert math.isclose(np.linalg.norm(vector), 1.0, abs_tol=1e-6)
         assert cosine(vector, await embedder.embed_query(QUESTION)) > 0.9999
         documents = await remote.embed_documents(TEXTS)
         assert all(math.isclose(np.linalg.norm(v), 1.0, abs_tol=1e-6) for v in documents)
-    finally:
-        await remote.close()
-        await server.close()
 
 
 async def test_a_zero_vector_from_the_server_is_an_unavailable_embedder(embedder):
-    port = free_port()
-    server = TestServer(scaled_server(embedder, 0.0), host="127.0.0.1", port=port)
-    await server.start_server()
-    remote = await remote_for(port)
-    try:
+    async with remote_behind(embedder, 0.0) as remote:
         with pytest.raises(EmbedderUnavailable, match="zero vector"):
             await remote.embed_query(QUESTION)
-    finally:
-        await remote.close()
-        await server.close()

@@ -176,9 +176,7 @@ def dry_run(config: AcmeConfig) -> Outcome:
     check_config(config)
     name = config.certificate_name
     directory = config.rehearsal_directory
-    rehearsal = config.model_copy(
-        update={"directory_url": directory, "staging": False, "deploy_hook": ""}
-    )
+    rehearsal = config.model_copy(update={"directory_url": directory, "staging": False})
     due = Due(True, f"dry run against {directory}")
     log.info("acme.dry_run", certificate=name, directory=directory)
     try:

@@ -91,17 +91,16 @@ class EmbeddingScheduler:
     def __init__(self, model: BatchModel, threads: int, limits: BatchLimits) -> None:
         self.model = model
         self.dimension = model.dimension
-        self.threads = threads
         self.limits = limits
         self._lock = threading.Condition()
         self._pending: list[Pending] = []  # sorted by finish tag
         self._sequence = itertools.count()
         self._clock = 0  # the start tag of the text last taken into a batch
-        self._finish: dict[str, int] = {}  # each client's last finish tag
+        # Each client's last finish tag, while it is ahead of the clock: one at or behind
+        # it counts as none (`_enqueue` takes the later of the two), so it is dropped.
+        self._finish: dict[str, int] = {}
         self._closed = False
         self._running = 0  # batches in the model now
-        self.batches = 0  # batches started, for tests and the bench
-        self.embedded = 0
         self._workers = [
             threading.Thread(target=self._work, name=f"aistack-embed-{n}", daemon=True)
             for n in range(threads)
@@ -178,12 +177,10 @@ class EmbeddingScheduler:
         bisect.insort(self._pending, pending, key=Pending.order)
         return pending
 
-    def _remove(self, pending: Pending) -> bool:
+    def _remove(self, pending: Pending) -> None:
         index = bisect.bisect_left(self._pending, pending.order(), key=Pending.order)
         if index < len(self._pending) and self._pending[index] is pending:
             del self._pending[index]
-            return True
-        return False
 
     def _withdraw(self, pending: Pending) -> None:
         with self._lock:
@@ -219,8 +216,6 @@ class EmbeddingScheduler:
                     break
             batch = self._take_batch()
             self._running += 1
-            self.batches += 1
-            self.embedded += len(batch)
             return batch
 
     def _wait_for_company(self) -> None:
@@ -258,6 +253,9 @@ class EmbeddingScheduler:
         for pending in batch:
             self._remove(pending)
         self._clock = max(self._clock, max(p.start for p in batch))
+        if len(self._finish) > 2 * len(self._pending) + 64:
+            # Amortised: a public gateway sees many clients once; none is kept for ever.
+            self._finish = {key: tag for key, tag in self._finish.items() if tag > self._clock}
         return batch
 
 

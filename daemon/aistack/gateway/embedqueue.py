@@ -23,16 +23,18 @@ class EmbeddingQueue:
     def __init__(self, depth: int, wait_seconds: float) -> None:
         self.depth = depth
         self.wait_seconds = wait_seconds
-        self.waiting = 0
         self._held: dict[str, list[asyncio.Future[list[float]]]] = {}
         self._evicted: set[asyncio.Future[list[float]]] = set()
+
+    @property
+    def waiting(self) -> int:
+        return sum(map(len, self._held.values()))  # at most `depth` + 1 clients
 
     async def embed_query(self, embedder: Embedder, text: str, client: str) -> list[float]:
         if self.waiting >= self.depth:
             self._make_room_for(client)
         query = asyncio.ensure_future(embedder.embed_query(text, client))
         self._held.setdefault(client, []).append(query)
-        self.waiting += 1
         try:
             # A query not yet in a batch is taken out of the embedder's queue when its
             # wait ends; one already in a batch finishes, and its result is dropped.
@@ -53,7 +55,6 @@ class EmbeddingQueue:
                 self._let_go(client, query)
 
     def _let_go(self, client: str, query: asyncio.Future[list[float]]) -> None:
-        self.waiting -= 1
         held = self._held[client]
         held.remove(query)
         if not held:
