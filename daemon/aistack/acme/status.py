@@ -103,57 +103,58 @@ class StatusCollector(Collector):
         self._status = status
 
     def collect(self) -> Iterator[Any]:
-        status, state = self._status, self._status.state
-        expires = status.not_after.timestamp() if status.not_after and not status.placeholder else 0
-        last = datetime.datetime.fromisoformat(state.last_success) if state.last_success else None
-        figures: list[tuple[type[Any], str, str, float]] = [
-            (
-                GaugeMetricFamily,
-                "aistack_acme_certificate_expiry_timestamp_seconds",
-                "When the installed certificate expires (0 while only the placeholder stands)",
-                expires,
-            ),
-            (
-                CounterMetricFamily,
-                "aistack_acme_renewal_failures",
-                "Failed issuance or renewal attempts",
-                state.failures_total,
-            ),
-            (
-                CounterMetricFamily,
-                "aistack_acme_renewals",
-                "Certificates issued and installed",
-                state.renewals_total,
-            ),
-            (
-                GaugeMetricFamily,
-                "aistack_acme_last_success_timestamp_seconds",
-                "When a certificate was last issued and installed",
-                last.timestamp() if last else 0,
-            ),
-            (
-                GaugeMetricFamily,
-                "aistack_acme_consecutive_failures",
-                "Failed attempts since the last success (0 when the last attempt worked)",
-                state.consecutive_failures,
-            ),
-            (
-                GaugeMetricFamily,
-                "aistack_acme_placeholder",
-                "1 while the self-signed placeholder stands in for the certificate",
-                1 if status.placeholder else 0,
-            ),
-            (
-                CounterMetricFamily,
-                "aistack_acme_deploy_hook_failures",
-                "Deploy hook runs that failed (the certificate stayed installed)",
-                state.deploy_hook_failures_total,
-            ),
-        ]
-        for family, name, documentation, value in figures:
-            metric = family(name, documentation, labels=["certificate"])
-            metric.add_metric([status.name], value)
-            yield metric
+        status, name = self._status, self._status.name
+        expiry = GaugeMetricFamily(
+            "aistack_acme_certificate_expiry_timestamp_seconds",
+            "When the installed certificate expires (0 while only the placeholder stands)",
+            labels=["certificate"],
+        )
+        expiry.add_metric(
+            [name],
+            status.not_after.timestamp() if status.not_after and not status.placeholder else 0,
+        )
+        yield expiry
+        failures = CounterMetricFamily(
+            "aistack_acme_renewal_failures",
+            "Failed issuance or renewal attempts",
+            labels=["certificate"],
+        )
+        failures.add_metric([name], status.state.failures_total)
+        yield failures
+        renewals = CounterMetricFamily(
+            "aistack_acme_renewals", "Certificates issued and installed", labels=["certificate"]
+        )
+        renewals.add_metric([name], status.state.renewals_total)
+        yield renewals
+        success = GaugeMetricFamily(
+            "aistack_acme_last_success_timestamp_seconds",
+            "When a certificate was last issued and installed",
+            labels=["certificate"],
+        )
+        last = status.state.last_success
+        success.add_metric([name], datetime.datetime.fromisoformat(last).timestamp() if last else 0)
+        yield success
+        consecutive = GaugeMetricFamily(
+            "aistack_acme_consecutive_failures",
+            "Failed attempts since the last success (0 when the last attempt worked)",
+            labels=["certificate"],
+        )
+        consecutive.add_metric([name], status.state.consecutive_failures)
+        yield consecutive
+        placeholder = GaugeMetricFamily(
+            "aistack_acme_placeholder",
+            "1 while the self-signed placeholder stands in for the certificate",
+            labels=["certificate"],
+        )
+        placeholder.add_metric([name], 1 if status.placeholder else 0)
+        yield placeholder
+        hook = CounterMetricFamily(
+            "aistack_acme_deploy_hook_failures",
+            "Deploy hook runs that failed (the certificate stayed installed)",
+            labels=["certificate"],
+        )
+        hook.add_metric([name], status.state.deploy_hook_failures_total)
+        yield hook
 
 
 def write_metrics_file(path: Path, status: CertificateStatus) -> None:
