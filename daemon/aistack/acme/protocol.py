@@ -200,14 +200,20 @@ class AcmeClient:
         return uri
 
     def issue(
-        self, domains: list[str], key_pem: bytes, open_responder: Callable[[], Responder]
+        self,
+        domains: list[str],
+        key_pem: bytes,
+        open_responder: Callable[[], Responder],
+        profile: str = "",
     ) -> str:
-        """Order, answer HTTP-01, finalize, download: the full chain PEM.
+        """Order (with `profile`, if one is named), answer HTTP-01, finalize, download:
+        the full chain PEM.
 
         The responder is opened only if some name still needs validating: when the CA
         still trusts earlier validations, no port is bound and no file is written."""
+        self._check_profile(profile)
         csr = crypto_util.make_csr(key_pem, domains)
-        order = with_nonce_retries(lambda: self.client.new_order(csr))
+        order = with_nonce_retries(lambda: self.client.new_order(csr, profile=profile or None))
         deadline = time.monotonic() + ORDER_DEADLINE_SECONDS
         pending = [a for a in order.authorizations if a.body.status != messages.STATUS_VALID]
         if pending:
@@ -221,6 +227,20 @@ class AcmeClient:
                 responder.close()
         with_nonce_retries(lambda: self._begin_finalization(order))
         return self._wait_certificate(order, deadline)
+
+    def _check_profile(self, profile: str) -> None:
+        """A profile the directory does not advertise is refused here, not sent: a CA may
+        ignore an unknown one and issue its default, which is not what was asked for."""
+        if not profile:
+            return
+        offered = self.client.directory.meta.profiles or {}
+        if profile not in offered:
+            choice = f"it offers {', '.join(sorted(offered))}" if offered else "it offers none"
+            raise AcmeFailure(
+                f"the CA has no ACME profile {profile!r} ({choice}): set profile to one it"
+                ' offers, or to "" for its default',
+                retryable=False,
+            )
 
     def _answer(self, authorization: messages.AuthorizationResource, responder: Responder) -> None:
         challenge = next(
