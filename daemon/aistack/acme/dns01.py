@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import dns.exception
 import dns.flags
@@ -274,9 +274,10 @@ def zone_servers(zone: dns.name.Name, resolvers: list[dns.resolver.Resolver]) ->
 
 def _addresses(
     resolver: dns.resolver.Resolver, name: dns.name.Name, rdtype: dns.rdatatype.RdataType
-) -> list[dns.resolver.Answer] | dns.resolver.Answer:
+) -> list[Any]:
+    """The A or AAAA rdatas of `name`; none when it has none or the resolver cannot say."""
     try:
-        return resolver.resolve(name, rdtype)
+        return list(resolver.resolve(name, rdtype))
     except dns.exception.DNSException:
         return []
 
