@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ACME benchmark: wall time per forced issuance, aistack against certbot and lego.
 
-    python3 bench/acme.py [--runs N] [--json] [--authz-reuse 50,0]
+    python3 bench/acme.py [--runs N] [--json] [--authz-reuse 50,0] [--challenges http-01,dns-01]
 
 One pebble (Debian's, started here through tests/pebble.py: every name resolves to
 127.0.0.1, nonce rejection off) serves every tool of a pass. Each tool keeps its own
@@ -29,6 +29,15 @@ the HTTP-01 validation: a second pass with a fresh pebble at PEBBLE_AUTHZREUSE=0
 nearly every run validate both names (--authz-reuse 50 runs the default pass only). Pebble
 makes a new authorization only when rand.Intn(100) > percent, so "0" still reuses about 1%
 of names and "50" 51%; the table counts the validations pebble really did per run.
+
+DNS-01 pass (`--challenges dns-01`; needs bind9, and python3-certbot-dns-rfc2136 for
+certbot's row): a BIND 9 (tests/bind.py) takes RFC 2136 updates signed with TSIG and pebble
+resolves through it, PEBBLE_AUTHZREUSE=0; each tool orders `*.dnsbench.aistack.test` and
+`dnsbench.aistack.test` (one TXT name, two values) with its rfc2136 support: aistack's
+`dns = {provider = "rfc2136"}` checking bind before answering, `certbot --dns-rfc2136` with
+`--dns-rfc2136-propagation-seconds 0` (certbot sleeps instead of checking), `lego --dns
+rfc2136 --dns.disable-cp` (its check would ask the zone's NS at port 53, where nothing of
+this bench listens) with RFC2136_SEQUENCE_INTERVAL=1 (default 60 s between challenges).
 
 Also measured: start-up (median of 5) of `python3 -c pass`, `aistack --version`, the
 imports of `aistack acme renew`, `certbot --version` and `lego --version`.
@@ -64,7 +73,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import aistack  # noqa: E402
 from aistack.acme.renew import renew  # noqa: E402
-from aistack.config import AcmeConfig, validate_config  # noqa: E402
+from aistack.config import validate_config  # noqa: E402
 from bench.common import (  # noqa: E402
     Goal,
     Out,
@@ -74,14 +83,27 @@ from bench.common import (  # noqa: E402
     missing_tools,
     scratch_directory,
 )
+from tests.bind import KEY_NAME, Bind  # noqa: E402
 from tests.pebble import Pebble  # noqa: E402
 
 DOMAINS = ["bench.aistack.test", "www.bench.aistack.test"]
+# The DNS-01 pass: a wildcard and its base name, one TXT name holding two values.
+DNS_DOMAINS = ["*.dnsbench.aistack.test", "dnsbench.aistack.test"]
 EMAIL = "bench@aistack.test"
 TIMEOUT_SECONDS = 300
 STARTUP_REPEATS = 5
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY")
 PROXY_VARIABLES += ("ALL_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+DNS_NOTES = (
+    "aistack: answers once bind serves both TXT values (check_servers = [bind]); a real check",
+    "certbot: --dns-rfc2136-propagation-seconds 0 (it sleeps that long instead of checking;"
+    " default 60)",
+    "lego: --dns.disable-cp (its check asks the zone's NS at port 53, where nothing of this"
+    " bench listens); RFC2136_SEQUENCE_INTERVAL=1 (lego solves rfc2136 challenges one after"
+    " another, 60 s apart by default); RFC2136_POLLING_INTERVAL=1",
+)
 
 
 class BenchError(Exception):
@@ -200,6 +222,7 @@ class Client:
     label: str
     directory: Path
     pebble: Pebble
+    domains: list[str] = field(default_factory=lambda: DOMAINS)
     times: list[float] = field(default_factory=list)
     serials: list[int] = field(default_factory=list)
     validations: list[int] = field(default_factory=list)
@@ -209,6 +232,11 @@ class Client:
 
     def chain_file(self) -> Path:
         raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """The certificate's name: its first domain, without a wildcard's "*."."""
+        return self.domains[0].removeprefix("*.")
 
     def checked_run(self, command: list[str], env: dict[str, str]) -> None:
         result = run(command, env=env, cwd=self.directory)
@@ -220,17 +248,19 @@ class Client:
 
 
 class AistackCli(Client):
-    def __init__(self, directory: Path, pebble: Pebble) -> None:
+    def __init__(self, directory: Path, pebble: Pebble, acme: dict[str, Any] | None = None) -> None:
         super().__init__("aistack", "aistack acme renew (CLI)", directory, pebble)
+        settings = aistack_config(directory, pebble, acme)
         self.config_file = directory / "aistack.json"
-        self.config_file.write_text(json.dumps(aistack_config(directory, pebble)))
-        self.config = load_acme(directory, pebble)
+        self.config_file.write_text(json.dumps(settings))
+        self.config = validate_config(settings).acme
+        self.domains = list(self.config.domains)
 
     def issue(self, first: bool) -> None:
         command = [*aistack_command(), "acme", "renew", "--config", str(self.config_file)]
         command.append("--force")
         result = run(command, env=clean_env(), cwd=self.directory)
-        if result.returncode != 0 or result.stdout != f"changed {DOMAINS[0]}\n":
+        if result.returncode != 0 or result.stdout != f"changed {self.name}\n":
             raise BenchError(
                 f"{self.label} exited {result.returncode}, stdout {result.stdout!r}\n"
                 f"{result.stderr[-3000:]}"
@@ -241,9 +271,10 @@ class AistackCli(Client):
 
 
 class AistackLib(Client):
-    def __init__(self, directory: Path, pebble: Pebble) -> None:
+    def __init__(self, directory: Path, pebble: Pebble, acme: dict[str, Any] | None = None) -> None:
         super().__init__("aistack-lib", "aistack renew() in-process", directory, pebble)
-        self.config = load_acme(directory, pebble)
+        self.config = validate_config(aistack_config(directory, pebble, acme)).acme
+        self.domains = list(self.config.domains)
 
     def issue(self, first: bool) -> None:
         outcome = renew(self.config, force=True)
@@ -262,16 +293,19 @@ class Certbot(Client):
         command = ["certbot", "certonly", "--standalone", "--non-interactive"]
         command += ["--http-01-address", "127.0.0.1", "--http-01-port", str(self.pebble.http_port)]
         command += ["--server", self.pebble.directory_url, "--agree-tos", "-m", EMAIL]
-        command += ["--no-eff-email", "--force-renewal", "--cert-name", DOMAINS[0]]
+        self.run_certbot(command)
+
+    def run_certbot(self, command: list[str]) -> None:
+        command += ["--no-eff-email", "--force-renewal", "--cert-name", self.name]
         command += ["--key-type", "ecdsa", "--elliptic-curve", "secp256r1"]
-        for domain in DOMAINS:
+        for domain in self.domains:
             command += ["-d", domain]
         for name in ("config", "work", "logs"):
             command += [f"--{name}-dir", str(self.directory / name)]
         self.checked_run(command, clean_env(REQUESTS_CA_BUNDLE=str(self.pebble.ca_file)))
 
     def chain_file(self) -> Path:
-        return self.directory / "config" / "live" / DOMAINS[0] / "fullchain.pem"
+        return self.directory / "config" / "live" / self.name / "fullchain.pem"
 
 
 class Lego(Client):
@@ -279,27 +313,84 @@ class Lego(Client):
         super().__init__("lego", "lego run / renew", directory, pebble)
 
     def issue(self, first: bool) -> None:
+        self.run_lego(["--http", "--http.port", self.pebble.http_address], first)
+
+    def run_lego(self, solver: list[str], first: bool, **env: str) -> None:
         command = ["lego", "--server", self.pebble.directory_url, "--email", EMAIL]
         command += ["--accept-tos", "--key-type", "ec256", "--path", str(self.directory / "lego")]
-        for domain in DOMAINS:
+        for domain in self.domains:
             command += ["--domains", domain]
-        command += ["--http", "--http.port", self.pebble.http_address]
+        command += solver
         command += ["run"] if first else ["renew", "--days", "999999", "--no-random-sleep"]
-        self.checked_run(command, clean_env(LEGO_CA_CERTIFICATES=str(self.pebble.ca_file)))
+        self.checked_run(command, clean_env(LEGO_CA_CERTIFICATES=str(self.pebble.ca_file), **env))
 
     def chain_file(self) -> Path:
-        return self.directory / "lego" / "certificates" / f"{DOMAINS[0]}.crt"
+        # lego names the files after the first domain, "*" written as "_".
+        return self.directory / "lego" / "certificates" / f"{self.domains[0].replace('*', '_')}.crt"
 
 
-def aistack_config(directory: Path, pebble: Pebble) -> dict[str, Any]:
+class CertbotDns(Certbot):
+    """certbot's dns-rfc2136 plugin (Debian's python3-certbot-dns-rfc2136). It checks no
+    server: it sleeps --dns-rfc2136-propagation-seconds (default 60) after the update,
+    here 0, so its row is its exchange alone."""
+
+    def __init__(self, directory: Path, pebble: Pebble, bind: Bind) -> None:
+        super().__init__(directory, pebble)
+        self.label = "certbot --dns-rfc2136"
+        self.domains = DNS_DOMAINS
+        self.credentials = directory / "rfc2136.ini"
+        self.credentials.write_text(
+            f"dns_rfc2136_server = 127.0.0.1\ndns_rfc2136_port = {bind.port}\n"
+            f"dns_rfc2136_name = {KEY_NAME}\ndns_rfc2136_secret = {bind.secret}\n"
+            "dns_rfc2136_algorithm = HMAC-SHA256\n"
+        )
+        self.credentials.chmod(0o600)
+
+    def issue(self, first: bool) -> None:
+        command = ["certbot", "certonly", "--non-interactive", "--dns-rfc2136"]
+        command += ["--dns-rfc2136-credentials", str(self.credentials)]
+        command += ["--dns-rfc2136-propagation-seconds", "0"]
+        command += ["--server", self.pebble.directory_url, "--agree-tos", "-m", EMAIL]
+        self.run_certbot(command)
+
+
+class LegoDns(Lego):
+    """lego's rfc2136 provider. --dns.disable-cp: lego's propagation check asks the zone's
+    NS at port 53, where nothing of this bench listens (aistack checks bind through
+    check_servers). RFC2136_SEQUENCE_INTERVAL=1: lego solves rfc2136 challenges one after
+    another, 60 s apart by default; RFC2136_POLLING_INTERVAL=1 (default 2)."""
+
+    def __init__(self, directory: Path, pebble: Pebble, bind: Bind) -> None:
+        super().__init__(directory, pebble)
+        self.label = "lego --dns rfc2136"
+        self.domains = DNS_DOMAINS
+        self.bind = bind
+
+    def issue(self, first: bool) -> None:
+        self.run_lego(
+            ["--dns", "rfc2136", "--dns.disable-cp"],
+            first,
+            RFC2136_NAMESERVER=self.bind.address,
+            RFC2136_TSIG_KEY=KEY_NAME,
+            RFC2136_TSIG_SECRET=self.bind.secret,
+            RFC2136_TSIG_ALGORITHM="hmac-sha256.",
+            RFC2136_SEQUENCE_INTERVAL="1",
+            RFC2136_POLLING_INTERVAL="1",
+        )
+
+
+def aistack_config(
+    directory: Path, pebble: Pebble, acme: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "qdrant": {"path": str(directory / "qdrant")},
-        "acme": {"domains": DOMAINS, "email": EMAIL, **pebble.acme_settings(directory)},
+        "acme": {
+            "domains": DOMAINS,
+            "email": EMAIL,
+            **pebble.acme_settings(directory),
+            **(acme or {}),
+        },
     }
-
-
-def load_acme(directory: Path, pebble: Pebble) -> AcmeConfig:
-    return validate_config(aistack_config(directory, pebble)).acme
 
 
 # --- one pass against one pebble ---------------------------------------------------------
@@ -323,15 +414,16 @@ def check_issuance(
             f"(seen before from {seen.get(serial, client.label)})"
         )
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    if sorted(names.get_values_for_type(x509.DNSName)) != sorted(DOMAINS):
-        raise BenchError(f"{client.label}: certificate names {names}, expected {DOMAINS}")
+    if sorted(names.get_values_for_type(x509.DNSName)) != sorted(client.domains):
+        raise BenchError(f"{client.label}: certificate names {names}, expected {client.domains}")
     key = leaf.public_key()
     if not (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
         raise BenchError(f"{client.label}: certificate key is {key}, expected EC P-256")
     store = verification.Store(roots)
-    for domain in DOMAINS:
+    for domain in client.domains:
+        host = domain.replace("*.", "any.")  # a name the wildcard covers
         verifier = (
-            verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName(domain))
+            verification.PolicyBuilder().store(store).build_server_verifier(x509.DNSName(host))
         )
         try:
             verifier.verify(leaf, chain[1:])
@@ -377,30 +469,77 @@ def summary(times: list[float]) -> dict[str, float]:
     }
 
 
+def dns_clients(wanted: list[str], say: Out) -> list[str]:
+    """The tools of the DNS-01 pass: those of the HTTP-01 passes whose DNS part is here."""
+    if shutil.which("named") is None:
+        say("named is missing: apt-get install bind9 (the DNS-01 pass is skipped)")
+        return []
+    if "certbot" in wanted and dpkg_version("python3-certbot-dns-rfc2136") is None:
+        say(
+            "certbot's dns-rfc2136 plugin is missing: apt-get install python3-certbot-dns-rfc2136"
+            " (its DNS-01 row is skipped)"
+        )
+        wanted = [key for key in wanted if key != "certbot"]
+    return wanted
+
+
+def make_client(key: str, home: Path, pebble: Pebble, bind: Bind | None) -> Client:
+    """The tool `key` answering HTTP-01, or with `bind`, DNS-01 through RFC 2136 updates."""
+    if bind is None:
+        kinds = {"aistack": AistackCli, "aistack-lib": AistackLib, "certbot": Certbot, "lego": Lego}
+        return kinds[key](home, pebble)
+    # aistack checks the record on bind itself before answering (check_servers).
+    dns = {"domains": DNS_DOMAINS, "challenge": "dns-01", "dns": bind.dns_settings()}
+    if key == "aistack":
+        return AistackCli(home, pebble, dns)
+    if key == "aistack-lib":
+        return AistackLib(home, pebble, dns)
+    return {"certbot": CertbotDns, "lego": LegoDns}[key](home, pebble, bind)
+
+
 def bench_pass(
-    reuse: int, runs: int, say: Out, clients_wanted: list[str]
+    reuse: int, runs: int, say: Out, clients_wanted: list[str], dns: bool = False
 ) -> tuple[dict[str, Any], list[Goal]]:
+    challenge = "DNS-01 rfc2136" if dns else "HTTP-01"
     with (
         scratch_directory(f"aistack-bench-acme-{reuse}-") as directory,
         contextlib.ExitStack() as stack,
     ):
+        bind = None
+        if dns:
+            (directory / "bind").mkdir()
+            bind = Bind(directory / "bind")
+            stack.callback(bind.stop)
+            bind.start()
         (directory / "pebble").mkdir()
-        pebble = Pebble(directory / "pebble", nonce_reject_percent=0, authz_reuse_percent=reuse)
+        pebble = Pebble(
+            directory / "pebble",
+            nonce_reject_percent=0,
+            authz_reuse_percent=reuse,
+            dns_server=bind.address if bind else None,
+        )
         stack.callback(pebble.stop)
         pebble.start()
         roots = pebble.issuing_roots()
         kind = {50: "pebble default", 0: "nearly every run validates"}.get(reuse, "")
+        where = (
+            f"DNS-01 by RFC 2136 updates to BIND 9 on {bind.address}, pebble resolving there"
+            if bind
+            else f"HTTP-01 on {pebble.http_address}"
+        )
         say(
             f"pass: authz reuse {reuse}%{f' ({kind})' if kind else ''}, "
-            f"nonce reject 0%, pebble {pebble.directory_url}, HTTP-01 on {pebble.http_address}, "
+            f"nonce reject 0%, pebble {pebble.directory_url}, {where}, "
             f"{runs} forced issuances per tool after the first, 2 names"
         )
-        kinds = {"aistack": AistackCli, "aistack-lib": AistackLib, "certbot": Certbot, "lego": Lego}
         clients: list[Client] = []
         for key in clients_wanted:
             home = directory / key
             home.mkdir()
-            clients.append(kinds[key](home, pebble))
+            clients.append(make_client(key, home, pebble, bind))
+        if bind:
+            for line in DNS_NOTES:
+                say(f"  {line}")
         seen: dict[int, str] = {}
         began = time.perf_counter()
         for round_number in range(runs + 1):
@@ -420,6 +559,7 @@ def bench_pass(
             raise BenchError(f"serials not in this pebble's log: {missing}")
 
     figures: dict[str, Any] = {
+        "challenge": challenge,
         "authz_reuse_percent": reuse,
         "runs": runs,
         "directory_url": pebble.directory_url,
@@ -469,7 +609,7 @@ def bench_pass(
             say(f"  ratio aistack/{other}: median {ratio:.3f}, first run {first_ratio:.3f}")
             goals.append(
                 Goal(
-                    f"aistack/{other} median < 1 (authz reuse {reuse}%)",
+                    f"aistack/{other} median < 1 ({challenge}, authz reuse {reuse}%)",
                     ratio < 1,
                     ratio,
                     1.0,
@@ -493,10 +633,18 @@ def main() -> int:
         default="50,0",
         help="pebble authorization reuse percent, one pass each (default 50,0)",
     )
+    parser.add_argument(
+        "--challenges",
+        default="http-01,dns-01",
+        help="http-01 (a pass per --authz-reuse), dns-01 (one pass, authz reuse 0); default both",
+    )
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     passes = [int(value) for value in args.authz_reuse.split(",") if value.strip()]
+    challenges = {value.strip() for value in args.challenges.split(",") if value.strip()}
+    if not challenges <= {"http-01", "dns-01"}:
+        parser.error("--challenges takes http-01, dns-01 or both")
 
     say = Out(args.json)
     started = time.monotonic()
@@ -520,10 +668,16 @@ def main() -> int:
     report["startup_s"] = {k: round(v, 4) for k, v in startup_costs(say).items()}
     goals: list[Goal] = []
     report["passes"] = []
-    for reuse in passes:
+    for reuse in passes if "http-01" in challenges else []:
         figures, part = bench_pass(reuse, args.runs, say, wanted)
         report["passes"].append(figures)
         goals += part
+    if "dns-01" in challenges:
+        dns_wanted = dns_clients(wanted, say)
+        if dns_wanted:
+            figures, part = bench_pass(0, args.runs, say, dns_wanted, dns=True)
+            report["passes"].append(figures)
+            goals += part
     finish(report, goals, say, args.json, started)
     return 0
 

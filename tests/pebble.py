@@ -83,6 +83,9 @@ class Pebble:
     authz_reuse_percent: int = 50
     eab_keys: dict[str, str] | None = None  # key id -> base64url HMAC key; required if set
     validity_seconds: int = 0  # 0: pebble's default (5 years)
+    # HOST:PORT of a DNS server (tests/bind.py) to resolve names and DNS-01 records
+    # with, instead of pebble-challtestsrv.
+    dns_server: str | None = None
 
     def __post_init__(self) -> None:
         self.api_port = free_port()
@@ -140,6 +143,11 @@ class Pebble:
                 }
             )
         )
+        if self.dns_server is None:
+            self._start_challtestsrv()
+        self._start_pebble(config, self.dns_server or f"127.0.0.1:{self.dns_port}")
+
+    def _start_challtestsrv(self) -> None:
         log = open(self.directory / "challtestsrv.log", "wb")  # noqa: SIM115
         self.logs.append(log)
         self.processes.append(
@@ -165,6 +173,8 @@ class Pebble:
                 stderr=subprocess.STDOUT,
             )
         )
+
+    def _start_pebble(self, config: Path, dns_server: str) -> None:
         env = {
             **os.environ,
             "PEBBLE_VA_NOSLEEP": "1",
@@ -176,7 +186,7 @@ class Pebble:
         self.logs.append(log)
         self.processes.append(
             subprocess.Popen(
-                ["pebble", "-config", str(config), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                ["pebble", "-config", str(config), "-dnsserver", dns_server],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -221,7 +231,8 @@ class Pebble:
 
 
 def running_pebble(directory: Path, **options: Any) -> Iterator[Pebble]:
-    for tool in ("pebble", "pebble-challtestsrv"):
+    tools = ("pebble",) if options.get("dns_server") else ("pebble", "pebble-challtestsrv")
+    for tool in tools:
         if shutil.which(tool) is None:
             tool_missing(tool, "apt-get install pebble")
     server = Pebble(directory, **options)

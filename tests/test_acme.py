@@ -377,7 +377,7 @@ def test_no_domains_is_a_usage_error(tmp_path, pebble):
         ("example.org\n", r"acme.domains.0: 'example.org\n' is not a DNS name"),
         ("\u212aexample.org", r"acme.domains.0: '\u212aexample.org' holds non-ASCII characters"),
         ("127.0.0.1", "acme.domains.0: '127.0.0.1' is an IP address, not a DNS name"),
-        ("*.example.org", "HTTP-01 (webroot, standalone) cannot validate wildcards"),
+        ("*.example.org", "acme.domains.0: '*.example.org' is a wildcard, and only DNS-01"),
     ],
 )
 def test_placeholder_refuses_a_bad_domain_and_creates_nothing(tmp_path, domain, message):

@@ -178,12 +178,12 @@ def test_every_bad_domain_is_named_once():
 
 
 @pytest.mark.parametrize("challenge", ["webroot", "standalone"])
-def test_wildcards_are_refused_because_http_01_cannot_validate_them(challenge):
+def test_wildcards_are_refused_unless_dns_01_validates_them(challenge):
     with pytest.raises(ConfigError) as caught:
         validate_config(acme_domains("example.org", "*.example.org", challenge=challenge))
     assert (
-        "acme.domains.1: '*.example.org' is a wildcard, and HTTP-01 (webroot, standalone) "
-        "cannot validate wildcards"
+        "acme.domains.1: '*.example.org' is a wildcard, and only DNS-01 validates wildcards:"
+        ' set challenge = "dns-01" and acme.dns, or name each host'
     ) in str(caught.value)
 
 
@@ -278,7 +278,7 @@ def test_usage_errors_exit_2():
         ("example.org\n", r"'example.org\n' is not a DNS name"),
         ("\u212aexample.org", r"'\u212aexample.org' holds non-ASCII characters"),
         ("127.0.0.1", "'127.0.0.1' is an IP address, not a DNS name"),
-        ("*.example.org", "HTTP-01 (webroot, standalone) cannot validate wildcards"),
+        ("*.example.org", "'*.example.org' is a wildcard, and only DNS-01 validates"),
     ],
 )
 def test_config_check_refuses_a_bad_domain(tmp_path, domain, message):

@@ -21,13 +21,16 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from aistack.errors import UsageError
 
@@ -378,12 +381,10 @@ def certificate_domain(name: str) -> str:
     """
     # ascii() shows newlines, zero-width and look-alike characters as escapes.
     shown = ascii(name)
-    if name.startswith("*."):
-        # Only DNS-01 validates a wildcard; aistack has no DNS-01 challenge.
-        raise ValueError(
-            f"{shown} is a wildcard, and HTTP-01 (webroot, standalone) cannot validate wildcards:"
-            " name each host instead"
-        )
+    # A wildcard stands for one label left of a name checked like any other; only DNS-01
+    # validates it, which AcmeConfig checks (it knows the challenge).
+    wildcard = "*." if name.startswith("*.") else ""
+    name = name.removeprefix(wildcard)
     try:
         ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
     except ValueError:
@@ -405,13 +406,83 @@ def certificate_domain(name: str) -> str:
         else:  # UTS 46 changes no other ASCII character: it maps A-Z, refuses the rest.
             why = "holds upper-case letters"
         raise ValueError(
-            f"{shown} {why}; a certificate names lower-case IDNA A-labels: write {a_labels!r}"
+            f"{shown} {why}; a certificate names lower-case IDNA A-labels:"
+            f" write {wildcard + a_labels!r}"
         )
-    return name
+    return wildcard + name
+
+
+def parse_dns_server(value: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT`, or a bare host or IPv4 address (port 53) -> (host, port)."""
+    if ":" not in value or (value.startswith("[") and value.endswith("]")):
+        value = f"{value}:53"
+    return parse_listen_address(value)
+
+
+def _dns_server(value: str) -> str:
+    parse_dns_server(value)
+    return value
+
+
+DnsServer = Annotated[str, AfterValidator(_dns_server)]
+
+
+class DnsCommon(Section):
+    """What DNS-01 does with either provider: wait, bounded, until every checked server
+    answers the TXT record, before telling the CA to look."""
+
+    propagation_timeout_seconds: float = Field(default=120, gt=0, le=3600)
+    # Where to look for the record (lego's --dns.resolvers); empty: the zone's
+    # authoritative servers (the NS of the zone an SOA walk finds), port 53.
+    check_servers: list[DnsServer] = Field(default=[])
+
+
+class Rfc2136Dns(DnsCommon):
+    """RFC 2136 dynamic update signed with TSIG (BIND, Knot, PowerDNS; lego's rfc2136)."""
+
+    provider: Literal["rfc2136"]
+    server: DnsServer
+    tsig_key_name: str = Field(min_length=1)
+    tsig_algorithm: Literal[
+        "hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5"
+    ] = "hmac-sha256"
+    # The base64 secret, or a key file as tsig-keygen writes it; never the secret itself.
+    tsig_key_file: str = Field(min_length=1)
+
+
+class ExecDns(DnsCommon):
+    """A program of the user's, called as lego's exec provider calls its program:
+    `COMMAND present|cleanup _acme-challenge.NAME. VALUE`."""
+
+    provider: Literal["exec"]
+    command: str = Field(min_length=1)
+    command_timeout_seconds: float = Field(default=60, gt=0, le=3600)
+
+
+DNS_PROVIDERS = ("rfc2136", "exec")
+
+
+def _dns_provider(value: Any) -> str | None:
+    """The union's tag, for a callable discriminator: pydantic words the error of a
+    missing or unknown tag itself only for those."""
+    provider = (
+        value.get("provider") if isinstance(value, dict) else getattr(value, "provider", None)
+    )
+    return provider if provider in DNS_PROVIDERS else None
+
+
+DnsConfig = Annotated[
+    Annotated[Rfc2136Dns, Tag("rfc2136")] | Annotated[ExecDns, Tag("exec")],
+    Discriminator(
+        _dns_provider,
+        custom_error_type="dns_provider",
+        custom_error_message='provider must be "rfc2136" or "exec"',
+    ),
+]
 
 
 KeyType = Literal["ec256", "ec384", "rsa2048", "rsa4096"]
-Challenge = Literal["webroot", "standalone"]
+Challenge = Literal["webroot", "standalone", "dns-01"]
 # Checked one by one, so each bad name is its own error (acme.domains.N).
 Domains = list[Annotated[str, AfterValidator(certificate_domain)]]
 # A certificate's name is a directory under cert_dir and the stem of its state files.
@@ -442,6 +513,7 @@ class CertificateSettings(Section):
 
     domains: Domains = Field(min_length=1)
     challenge: Challenge | None = None
+    dns: DnsConfig | None = None
     key_type: KeyType | None = None
     profile: str | None = None
     renew_before_days: int | None = Field(default=None, ge=1, le=365)
@@ -478,6 +550,7 @@ class AcmeConfig(Section):
     profile: str = ""
     renew_before_days: int = Field(default=30, ge=1, le=365)
     challenge: Challenge = "webroot"
+    dns: DnsConfig | None = None
     webroot: str = "/var/lib/aistack/acme/webroot"
     http_address: str = "0.0.0.0:80"
     cert_dir: str = "/var/lib/aistack/certs"
@@ -517,6 +590,30 @@ class AcmeConfig(Section):
     def _eab_pair(self) -> AcmeConfig:
         if bool(self.eab_kid) != bool(self.eab_hmac_key_file):
             raise ValueError("set both eab_kid and eab_hmac_key_file, or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _dns_challenge(self) -> AcmeConfig:
+        if self.challenge == "dns-01" and self.dns is None:
+            raise PydanticCustomError(
+                "dns_missing",
+                'challenge is "dns-01" but acme.dns is not set: set dns = {choices}',
+                {
+                    "key": "dns",
+                    # In the context: pydantic would read the braces as a placeholder.
+                    "choices": '{provider = "rfc2136", server, tsig_key_name, tsig_key_file}'
+                    ' or {provider = "exec", command}',
+                },
+            )
+        if self.challenge != "dns-01":
+            for index, name in enumerate(self.domains):
+                if name.startswith("*."):
+                    raise PydanticCustomError(
+                        "wildcard_needs_dns01",
+                        "{name} is a wildcard, and only DNS-01 validates wildcards:"
+                        ' set challenge = "dns-01" and acme.dns, or name each host',
+                        {"key": f"domains.{index}", "name": ascii(name)},
+                    )
         return self
 
     @model_validator(mode="after")
@@ -643,7 +740,7 @@ def acme_config_with(
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            key = str(item["loc"][0]) if item["loc"] else ""
+            key = str(item["loc"][0]) if item["loc"] else _error_key(item).partition(".")[0]
             problems.append(f"{flags.get(key, key)}: {_one_line(_strip_prefix(item['msg']))}")
         raise ConfigError("\n".join(problems)) from None
 
@@ -658,10 +755,28 @@ def validate_config(data: dict[str, Any], text: str = "", name: str = "<config>"
     return config.model_copy(update={"source": Path(name)})
 
 
+def _error_key(item: ErrorDetails) -> str:
+    """The key a check across keys (a model validator) names in its error's context: pydantic
+    locates such an error at the section, not at the key that is wrong."""
+    return str((item.get("ctx") or {}).get("key", ""))
+
+
+def _without_union_tags(loc: list[str]) -> list[str]:
+    """pydantic names the member of a tagged union in the location (acme.dns.rfc2136.server):
+    the file has no such key."""
+    return [
+        part
+        for index, part in enumerate(loc)
+        if not (index and loc[index - 1] == "dns" and part in DNS_PROVIDERS)
+    ]
+
+
 def format_config_errors(error: ValidationError, text: str, name: str) -> str:
     lines = []
     for item in error.errors():
-        loc = [str(part) for part in item["loc"]]
+        loc = _without_union_tags([str(part) for part in item["loc"]])
+        if key_in_section := _error_key(item):
+            loc += key_in_section.split(".")
         # Keys come from the file: a key holding a line break must not forge a line.
         key = _one_line(".".join(loc)) if loc else "(top level)"
         line = _find_line(text, [part for part in loc if not part.isdigit()])

@@ -1,8 +1,10 @@
-"""HTTP-01 responders: where the CA finds `/.well-known/acme-challenge/<token>`.
+"""Responders: what answers the CA's challenges for one issuance.
 
-`webroot` writes the key authorization as a file that a web server already running on
-port 80 serves (the gateway's `acme_webroot`, or nginx); `standalone` binds
-`http_address` itself for the length of one issuance. Both remove what they added.
+HTTP-01, where the CA finds `/.well-known/acme-challenge/<token>`: `webroot` writes the
+key authorization as a file that a web server already running on port 80 serves (the
+gateway's `acme_webroot`, or nginx); `standalone` binds `http_address` itself for the
+length of one issuance. DNS-01 (`dns01.py`) publishes TXT records. All remove what they
+added.
 """
 
 from __future__ import annotations
@@ -22,11 +24,18 @@ CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 class Responder(Protocol):
-    def add(self, token: str, key_authorization: str) -> None: ...
+    # The challenge type it answers, as the CA names it: "http-01" or "dns-01".
+    kind: str
 
-    def clear(self) -> None: ...
+    def add(self, identifier: str, token: str, validation: str) -> None:
+        """Publish `validation` (the challenge's response_and_validation) for the
+        authorization of `identifier` (for `*.x`: `x`)."""
 
-    def close(self) -> None: ...
+    def wait_ready(self) -> None:
+        """Return once the CA can see everything added (DNS propagation)."""
+
+    def close(self) -> None:
+        """Remove everything added, whatever happened."""
 
 
 class ChallengeSetupError(Failure):
@@ -34,11 +43,13 @@ class ChallengeSetupError(Failure):
 
 
 class WebrootResponder:
+    kind = "http-01"
+
     def __init__(self, webroot: Path) -> None:
         self.directory = webroot / ".well-known" / "acme-challenge"
         self._written: list[Path] = []
 
-    def add(self, token: str, key_authorization: str) -> None:
+    def add(self, identifier: str, token: str, key_authorization: str) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             # Readable by the web server that serves the tokens, whatever our umask.
@@ -55,17 +66,19 @@ class WebrootResponder:
             ) from None
         self._written.append(path)
 
-    def clear(self) -> None:
+    def wait_ready(self) -> None:
+        pass
+
+    def close(self) -> None:
         for path in self._written:
             path.unlink(missing_ok=True)
         self._written.clear()
 
-    def close(self) -> None:
-        self.clear()
-
 
 class StandaloneResponder:
     """A small HTTP server on `http_address`, answering challenge tokens only."""
+
+    kind = "http-01"
 
     def __init__(self, address: str) -> None:
         host, port = parse_listen_address(address)
@@ -104,11 +117,11 @@ class StandaloneResponder:
         )
         self.thread.start()
 
-    def add(self, token: str, key_authorization: str) -> None:
+    def add(self, identifier: str, token: str, key_authorization: str) -> None:
         self.tokens[token] = key_authorization
 
-    def clear(self) -> None:
-        self.tokens.clear()
+    def wait_ready(self) -> None:
+        pass
 
     def close(self) -> None:
         self.server.shutdown()
@@ -117,6 +130,11 @@ class StandaloneResponder:
 
 
 def open_responder(config: AcmeConfig) -> Responder:
+    if config.challenge == "dns-01":
+        from aistack.acme.dns01 import DnsResponder
+
+        assert config.dns is not None  # AcmeConfig requires it with dns-01
+        return DnsResponder(config.dns)
     if config.challenge == "standalone":
         return StandaloneResponder(config.http_address)
     return WebrootResponder(Path(config.webroot))

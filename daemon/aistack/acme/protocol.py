@@ -206,11 +206,13 @@ class AcmeClient:
         open_responder: Callable[[], Responder],
         profile: str = "",
     ) -> str:
-        """Order (with `profile`, if one is named), answer HTTP-01, finalize, download:
-        the full chain PEM.
+        """Order (with `profile`, if one is named), answer the challenges, finalize,
+        download: the full chain PEM.
 
         The responder is opened only if some name still needs validating: when the CA
-        still trusts earlier validations, no port is bound and no file is written."""
+        still trusts earlier validations, no port is bound, no file or record is written.
+        Every challenge is published before the CA is told to look at any: DNS-01 waits
+        once for all its records (a wildcard and its base name share one)."""
         self._check_profile(profile)
         csr = crypto_util.make_csr(key_pem, domains)
         order = with_nonce_retries(lambda: self.client.new_order(csr, profile=profile or None))
@@ -219,8 +221,14 @@ class AcmeClient:
         if pending:
             responder = open_responder()
             try:
-                for authorization in pending:
-                    self._answer(authorization, responder)
+                answers = [self._publish(authorization, responder) for authorization in pending]
+                responder.wait_ready()
+                # A DNS propagation wait is not the CA's time: its deadline starts now.
+                deadline = time.monotonic() + ORDER_DEADLINE_SECONDS
+                for challenge, response in answers:
+                    with_nonce_retries(
+                        functools.partial(self.client.answer_challenge, challenge, response)
+                    )
                 for authorization in pending:
                     self._wait_valid(authorization, deadline)
             finally:
@@ -242,19 +250,21 @@ class AcmeClient:
                 retryable=False,
             )
 
-    def _answer(self, authorization: messages.AuthorizationResource, responder: Responder) -> None:
+    def _publish(
+        self, authorization: messages.AuthorizationResource, responder: Responder
+    ) -> tuple[messages.ChallengeBody, challenges.ChallengeResponse]:
+        """The responder's kind of challenge, published; the CA is not told yet."""
+        identifier = authorization.body.identifier.value
         challenge = next(
-            (c for c in authorization.body.challenges if isinstance(c.chall, challenges.HTTP01)),
-            None,
+            (c for c in authorization.body.challenges if c.chall.typ == responder.kind), None
         )
         if challenge is None:
             raise AcmeFailure(
-                f"the CA offers no http-01 challenge for {authorization.body.identifier.value}",
-                retryable=False,
+                f"the CA offers no {responder.kind} challenge for {identifier}", retryable=False
             )
         response, validation = challenge.response_and_validation(self.jwk)
-        responder.add(challenge.chall.encode("token"), validation)
-        with_nonce_retries(lambda: self.client.answer_challenge(challenge, response))
+        responder.add(identifier, challenge.chall.encode("token"), validation)
+        return challenge, response
 
     def _wait_valid(self, authorization: messages.AuthorizationResource, deadline: float) -> None:
         pause = POLL_FIRST_SECONDS
