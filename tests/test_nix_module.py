@@ -251,6 +251,55 @@ def test_several_certificates_each_with_its_files_reloads_and_virtual_hosts():
     assert hosts["grafana-http"]["serverName"] == "grafana.example.org"
 
 
+DNS_01 = """{
+  services.aiStack = {
+    enable = true;
+    validation.enable = true;
+    acme = {
+      enable = true;
+      acceptTerms = true;
+      challenge = "dns-01";
+      dns = {
+        provider = "rfc2136";
+        server = "ns1.example.org:53";
+        tsigKeyName = "acme-key";
+        tsigKeyFile = "/run/secrets/acme-tsig";
+      };
+      nginx.enable = true;
+      certs.wildcard.domains = [ "*.example.org" "example.org" ];
+    };
+  };
+}"""
+
+
+def test_dns_01_with_a_wildcard_gets_the_tsig_key_as_a_credential_and_no_port_80():
+    out = evaluate(DNS_01)
+    assert out["failedAssertions"] == []
+    [certificate] = validate_config(out["settings"]).acme.each_certificate()
+    assert certificate.certificate_name == "wildcard" and certificate.challenge == "dns-01"
+    assert certificate.domains == ["*.example.org", "example.org"]
+    assert certificate.dns is not None and certificate.dns.provider == "rfc2136"
+    assert certificate.dns.tsig_key_file == "acme-tsig"  # read from $CREDENTIALS_DIRECTORY
+    service = out["services"]["aistack-acme"]["serviceConfig"]
+    assert "acme-tsig:/run/secrets/acme-tsig" in service["LoadCredential"]
+    assert service["AmbientCapabilities"] == ""  # no port to bind
+    hosts = out["nginx"]["virtualHosts"]
+    assert hosts["wildcard"]["serverName"] == "*.example.org"
+    assert hosts["wildcard"]["serverAliases"] == ["example.org"]
+    assert hosts["wildcard"]["sslCertificate"] == "/var/lib/aistack/certs/wildcard/fullchain.pem"
+
+
+def test_an_exec_dns_program_is_rendered_by_its_store_path():
+    out = evaluate(
+        "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+        ' domains = [ "a.example" ]; challenge = "dns-01";'
+        ' dns = { provider = "exec"; command = "/etc/dns-hook"; }; }; }; }'
+    )
+    assert out["failedAssertions"] == []
+    dns = validate_config(out["settings"]).acme.dns
+    assert dns is not None and dns.provider == "exec" and dns.command == "/etc/dns-hook"
+
+
 def test_the_local_qdrant_gets_a_generated_key_as_a_credential():
     out = evaluate(
         "{ services.aiStack = { enable = true; validation.enable = true; gc.enable = true; }; }"
@@ -440,6 +489,27 @@ def test_a_settings_typo_is_caught_by_the_daemons_check():
             "certs.a.example has the name of the certificate acme.domains makes",
         ),
         (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' domains = [ "a.example" ]; challenge = "dns-01"; }; }; }',
+            "set dns.provider",
+        ),
+        (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' domains = [ "a.example" ]; challenge = "dns-01"; dns.provider = "rfc2136"; }; }; }',
+            "needs server, tsigKeyName and tsigKeyFile",
+        ),
+        (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' domains = [ "a.example" ]; challenge = "dns-01"; dns.provider = "exec"; }; }; }',
+            'provider = "exec" needs command',
+        ),
+        (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' challenge = "dns-01"; dns = { provider = "exec"; command = "/bin/true"; };'
+            ' certs.web = { domains = [ "a.example" ]; challenge = "webroot"; }; }; }; }',
+            'challenge = "webroot" needs a web server answering on port 80',
+        ),
+        (
             "{ services.aiStack = { enable = true; qdrant.createLocally = false; }; }",
             "services.aiStack: no Qdrant",
         ),
@@ -478,6 +548,10 @@ def test_assertions_say_what_to_do(configuration, message):
             "not in the Nix store",
         ),
         ("{ services.aiStack.acme.eab.hmacKeyFile = ./eab; }", "not in the Nix store"),
+        (
+            '{ services.aiStack.acme.dns = { provider = "rfc2136"; tsigKeyFile = ./tsig; }; }',
+            "not in the Nix store",
+        ),
         ('{ services.aiStack.embedding.apiKeyFile = "key"; }', "absolute path"),
     ],
 )

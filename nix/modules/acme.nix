@@ -24,6 +24,7 @@ let
   single = lib.optionalAttrs (cfg.domains != [ ]) {
     ${singleName} = {
       inherit (cfg) domains;
+      challenge = null;
       reloadServices = [ ];
       nginx.proxyGateway = true;
     };
@@ -37,7 +38,30 @@ let
   gatewayAddress = lib.head top.validation.listen;
   upstream = "http://${gatewayAddress}";
   metricsFile = "${top.metricsDirectory}/aistack-acme.prom";
-  standalone = cfg.challenge == "standalone";
+  # The module's own list, not a copy of the daemon's: it sets up port 80 (nginx, or the
+  # unit's capability) and the DNS credentials from it.
+  challengeType = types.enum [ "webroot" "standalone" "dns-01" ];
+  challengeOf = cert: if cert.challenge == null then cfg.challenge else cert.challenge;
+  challenges = lib.unique (lib.mapAttrsToList (_: challengeOf) allCerts);
+  standalone = lib.elem "standalone" challenges;
+  webrootUsed = lib.elem "webroot" challenges;
+  dnsUsed = lib.elem "dns-01" challenges;
+  rfc2136 = cfg.dns.provider == "rfc2136";
+  dnsSettings =
+    if rfc2136 then
+      {
+        provider = "rfc2136";
+        inherit (cfg.dns) server;
+        tsig_key_name = cfg.dns.tsigKeyName;
+        tsig_algorithm = cfg.dns.tsigAlgorithm;
+        tsig_key_file = "acme-tsig";
+      }
+    else
+      {
+        provider = "exec";
+        # Interpolated: a program given as a path literal goes into the store and the closure.
+        command = if cfg.dns.command == null then "" else "${cfg.dns.command}";
+      };
   # What a TLS virtual host of a certificate serves: the gateway's API; the operational
   # endpoints to loopback only, unless exposed; 404 for the rest.
   gatewayLocations =
@@ -103,15 +127,59 @@ in
       description = "Trust roots for a private ACME server's HTTPS API (public: it may be in the store).";
     };
 
-    # The module's own list, not a copy of the daemon's: it sets up port 80 (nginx, or the
-    # unit's capability) from it.
     challenge = mkOption {
-      type = types.enum [ "webroot" "standalone" ];
+      type = challengeType;
       default = "webroot";
       description = ''
         `webroot`: write HTTP-01 tokens where nginx (or the gateway) serves them on port 80;
-        `standalone`: bind port 80 for the length of an issuance.
+        `standalone`: bind port 80 for the length of an issuance; `dns-01`: publish a TXT
+        record through `acme.dns` (no port 80 needed; the only way to a wildcard name).
       '';
+    };
+
+    dns = {
+      provider = mkOption {
+        type = types.nullOr (types.enum [ "rfc2136" "exec" ]);
+        default = null;
+        description = ''
+          How `dns-01` publishes its records: `rfc2136` (dynamic updates signed with a TSIG
+          key, as BIND, Knot and PowerDNS accept) or `exec` (a program called as lego's exec
+          provider is: `present|cleanup FQDN VALUE`).
+        '';
+      };
+      server = mkOption {
+        type = types.str;
+        default = "";
+        example = "ns1.example.org:53";
+        description = "`rfc2136`: the primary server that takes the updates, HOST:PORT.";
+      };
+      tsigKeyName = mkOption {
+        type = types.str;
+        default = "";
+        example = "acme-key";
+        description = "`rfc2136`: the TSIG key's name.";
+      };
+      tsigAlgorithm = mkOption {
+        type = types.str;
+        default = "hmac-sha256";
+        description = "`rfc2136`: the TSIG key's algorithm.";
+      };
+      tsigKeyFile = mkOption {
+        type = types.nullOr (
+          types.pathWith {
+            inStore = false;
+            absolute = true;
+          }
+        );
+        default = null;
+        example = "/run/secrets/acme-tsig";
+        description = "`rfc2136`: file with the base64 TSIG secret (passed with `LoadCredential=`).";
+      };
+      command = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "`exec`: the program that adds (`present`) and removes (`cleanup`) a TXT record.";
+      };
     };
 
     eab = {
@@ -159,6 +227,11 @@ in
                 type = types.nonEmptyListOf types.str;
                 example = [ "api.example.org" ];
                 description = "Names on this certificate.";
+              };
+              challenge = mkOption {
+                type = types.nullOr challengeType;
+                default = null;
+                description = "Its challenge; null: as `acme.challenge`. A wildcard name needs `dns-01`.";
               };
               keyType = mkOption {
                 type = types.nullOr (types.enum [ "ec256" "ec384" "rsa2048" "rsa4096" ]);
@@ -256,7 +329,24 @@ in
           message = "services.aiStack.acme.eab: set both kid and hmacKeyFile, or neither.";
         }
         {
-          assertion = standalone || cfg.nginx.enable;
+          assertion = !dnsUsed || cfg.dns.provider != null;
+          message = ''
+            services.aiStack.acme: challenge = "dns-01" publishes its records through
+            services.aiStack.acme.dns: set dns.provider ("rfc2136" or "exec") and its options.
+          '';
+        }
+        {
+          assertion =
+            cfg.dns.provider != "rfc2136"
+            || (cfg.dns.server != "" && cfg.dns.tsigKeyName != "" && cfg.dns.tsigKeyFile != null);
+          message = "services.aiStack.acme.dns: provider = \"rfc2136\" needs server, tsigKeyName and tsigKeyFile.";
+        }
+        {
+          assertion = cfg.dns.provider != "exec" || cfg.dns.command != null;
+          message = "services.aiStack.acme.dns: provider = \"exec\" needs command.";
+        }
+        {
+          assertion = !webrootUsed || cfg.nginx.enable;
           message = ''
             services.aiStack.acme: challenge = "webroot" needs a web server answering on port 80
             with ${webroot}; with services.aiStack.acme.nginx.enable = false nothing does, and
@@ -279,6 +369,7 @@ in
           { inherit (cert) domains; }
           // lib.optionalAttrs (cert.keyType != null) { key_type = cert.keyType; }
           // lib.optionalAttrs (cert.profile != null) { inherit (cert) profile; }
+          // lib.optionalAttrs (cert.challenge != null) { inherit (cert) challenge; }
         ) cfg.certs;
         accept_terms = cfg.acceptTerms;
         challenge = cfg.challenge;
@@ -289,7 +380,8 @@ in
         ca_bundle = if cfg.caBundle == null then "" else "${cfg.caBundle}";
         eab_kid = cfg.eab.kid;
         eab_hmac_key_file = if cfg.eab.hmacKeyFile == null then "" else "acme-eab-hmac";
-      };
+      }
+      // lib.optionalAttrs (cfg.dns.provider != null) { dns = dnsSettings; };
       services.aiStack.acme.reloadServices = lib.optional cfg.nginx.enable "nginx.service";
 
       # Readable by nginx's workers, which serve the tokens.
@@ -338,10 +430,11 @@ in
               )
             ) allCerts
           );
-          # Only this unit gets the EAB key.
+          # Only this unit gets the EAB and TSIG keys.
           LoadCredential =
             top.credentials
-            ++ lib.optional (cfg.eab.hmacKeyFile != null) "acme-eab-hmac:${cfg.eab.hmacKeyFile}";
+            ++ lib.optional (cfg.eab.hmacKeyFile != null) "acme-eab-hmac:${cfg.eab.hmacKeyFile}"
+            ++ lib.optional (rfc2136 && cfg.dns.tsigKeyFile != null) "acme-tsig:${cfg.dns.tsigKeyFile}";
           ReadWritePaths = [ webroot ] ++ lib.optional (top.metricsDirectory != null) top.metricsDirectory;
           # Certificates are 0644 (keys 0600 whatever the umask); node_exporter reads the metrics.
           UMask = "0022";
