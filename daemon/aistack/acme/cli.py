@@ -1,4 +1,5 @@
-"""`aistack acme renew | status`: the ACME client's commands."""
+"""`aistack acme renew | placeholder | reload | status | revoke | rollover`: the ACME
+client's commands."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from typing import Any
 
 from aistack.command import config_argument, load_config
 from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
+
+# RFC 5280 section 5.3.1: the reasons a subscriber may give, and their codes.
+REVOCATION_REASONS = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+}
 
 
 def register(commands: Any) -> None:
@@ -90,6 +100,26 @@ def register(commands: Any) -> None:
         "--metrics-file", type=Path, metavar="FILE", help="also write the Prometheus figures"
     )
     status.set_defaults(run=run_status)
+
+    revoke = acme_commands.add_parser(
+        "revoke",
+        help="revoke the installed certificate NAME; the next acme renew replaces it",
+    )
+    revoke.add_argument("name", metavar="NAME", help="the certificate (its first domain)")
+    revoke.add_argument(
+        "--reason",
+        choices=REVOCATION_REASONS,
+        default="unspecified",
+        help="RFC 5280's reason (default: unspecified)",
+    )
+    config_argument(revoke)
+    revoke.set_defaults(run=run_revoke)
+
+    rollover = acme_commands.add_parser(
+        "rollover", help="replace the ACME account key by a new one, keeping the account"
+    )
+    config_argument(rollover)
+    rollover.set_defaults(run=run_rollover)
 
 
 def _write_metrics(config: Any, path: Path | None) -> None:
@@ -211,4 +241,25 @@ def run_status(args: argparse.Namespace) -> int:
     if args.metrics_file:
         write_metrics_file(args.metrics_file, status)
     print(json.dumps(status.as_json(), indent=2) if args.json else format_status(status))
+    return EXIT_OK
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    from aistack.acme.certificates import find_certificate
+    from aistack.acme.renew import check_config
+    from aistack.acme.revoke import revoke
+
+    config = load_config(args.config).acme
+    check_config(config)
+    print(revoke(find_certificate(config, args.name), args.reason), file=sys.stderr)
+    return EXIT_OK
+
+
+def run_rollover(args: argparse.Namespace) -> int:
+    from aistack.acme.renew import check_config
+    from aistack.acme.rollover import roll_over
+
+    config = load_config(args.config).acme
+    check_config(config)
+    print(roll_over(config), file=sys.stderr)
     return EXIT_OK
