@@ -5,24 +5,18 @@ pebble does with a second replacement of one certificate."""
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import ssl
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from acme import client, messages
+from acme import client
 
-from aistack.acme import ari, certfiles, keys
-from aistack.acme.account import AccountStore
+from aistack.acme import ari, certfiles
 from aistack.acme.renew import renew
 from aistack.config import AcmeConfig
 from tests.pebble import Pebble, ari_pebble, running_pebble
 from tests.test_acme import acme_config, leaf, live
-
-NOW = datetime.datetime.now(datetime.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +44,8 @@ def test_the_window_pebble_suggests_is_the_one_the_renewal_follows(tmp_path, peb
     config = acme_config(tmp_path, pebble26)
     assert renew(config).action == "renewed"
     certificate = installed(config)
+    # Pebble knows the certificate by the id acme's own code computes.
+    assert certificate.renewal_id == client._renewal_info_path_component(certificate.certificate())
     window = ari.renewal_window(config, certificate.renewal_id)
     assert window is not None
     start, end = window
@@ -123,17 +119,3 @@ def test_a_certificate_revoked_at_the_ca_is_renewed_at_once_by_its_ari_window(tm
     assert outcome.due.reason == "inside the CA's renewal window (ARI)"
     assert outcome.action == "renewed"
     assert installed(config).serial_number != revoked.serial_number
-
-
-def test_renewal_info_is_asked_without_the_acme_client(tmp_path, pebble26):
-    """The not-due path reads ARI with urllib; the id it asks for is acme's own."""
-    config = acme_config(tmp_path, pebble26)
-    renew(config)
-    certificate = installed(config)
-    assert certificate.renewal_id == client._renewal_info_path_component(certificate.certificate())
-    context = ssl.create_default_context(cafile=str(pebble26.ca_file))
-    with urllib.request.urlopen(pebble26.directory_url, context=context) as answer:
-        directory = messages.Directory.from_json(json.loads(answer.read()))
-    assert "renewalInfo" in directory.to_partial_json()
-    account = AccountStore(Path(config.state_dir), config.directory)
-    assert keys.key_type_of(account.load_key()) == "ec256"
