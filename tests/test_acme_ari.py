@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,3 +120,22 @@ def test_a_certificate_revoked_at_the_ca_is_renewed_at_once_by_its_ari_window(tm
     assert outcome.due.reason == "inside the CA's renewal window (ARI)"
     assert outcome.action == "renewed"
     assert installed(config).serial_number != revoked.serial_number
+
+
+def test_a_renewal_by_another_account_is_refused_its_replaces_and_still_renews(
+    tmp_path, pebble26, caplog
+):
+    """The account lost (a state directory restored without it): the new account did not
+    order the certificate it names, which pebble refuses; the plain order goes through."""
+    caplog.set_level(logging.INFO, "aistack.acme")
+    config = acme_config(tmp_path, pebble26)
+    renew(config)
+    old_serial = installed(config).serial_number
+    shutil.rmtree(Path(config.state_dir) / "accounts")
+    caplog.clear()
+    outcome = renew(config, force=True)
+    assert outcome.action == "renewed"
+    refused = events(caplog, "acme.replaces_refused")
+    assert len(refused) == 1 and refused[0]["problem"] == "urn:ietf:params:acme:error:unauthorized"
+    assert "did not request the certificate being replaced" in str(refused[0]["detail"])
+    assert installed(config).serial_number != old_serial

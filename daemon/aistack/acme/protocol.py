@@ -48,9 +48,10 @@ ORDER_DEADLINE_SECONDS = 120.0
 NONCE_RETRIES = 4
 PROBLEM_TYPE = "application/problem+json"
 # Problems after which an order is sent again without `replaces`: any refusal but these,
-# which would refuse the order without it as well (RFC 9773 names `alreadyReplaced`;
-# pebble 2.6 answers 409 `malformed` for a certificate replaced before).
-NOT_ABOUT_REPLACES = ("badNonce", "rateLimited", "unauthorized", "accountDoesNotExist")
+# which would refuse the order without it as well. RFC 9773 names `alreadyReplaced`;
+# pebble 2.6 answers 409 `malformed` for a certificate replaced before, `unauthorized`
+# for one another account ordered, `serverInternal` for one it never issued.
+NOT_ABOUT_REPLACES = ("badNonce", "rateLimited", "accountDoesNotExist")
 
 
 class NewOrder(messages.NewOrder):
