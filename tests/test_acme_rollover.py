@@ -13,6 +13,7 @@ from acme import client, errors, messages
 
 from aistack.acme import keys
 from aistack.acme.account import AccountStore
+from aistack.errors import Failure
 from tests.pebble import Pebble, running_pebble
 from tests.test_acme import acme_config, aistack, config_file
 
@@ -136,3 +137,44 @@ def test_a_refused_rollover_keeps_the_old_key(tmp_path, pebble):
     assert "the old key stays" in result.stderr
     assert account.key_file.read_bytes() == old_key and not account.next_key_file.exists()
     assert account.rolled_over() is None
+
+
+def test_a_ca_gone_mid_rollover_keeps_both_keys(tmp_path_factory, tmp_path):
+    """The CA stops answering between the directory and the key change (pebble stopped):
+    no answer, so both keys stay for the next run to settle."""
+    from aistack.acme.protocol import AcmeClient
+    from aistack.acme.rollover import roll_over_with
+
+    for server in running_pebble(tmp_path_factory.mktemp("gone")):
+        config = acme_config(tmp_path, server)
+        acme = AcmeClient(config, Path(config.state_dir))
+        acme.register()
+        old_key = acme.accounts.key_file.read_bytes()
+        server.stop()
+        with pytest.raises(Failure) as failed:
+            roll_over_with(acme)
+        assert "talking to the CA failed" in str(failed.value)
+        assert str(failed.value).endswith(
+            "both keys are kept and the next acme command keeps the one the CA holds"
+        )
+        assert acme.accounts.key_file.read_bytes() == old_key
+        assert acme.accounts.pending_key() is not None
+
+
+def test_a_half_done_rollover_the_ca_cannot_settle_keeps_both_keys(tmp_path_factory, tmp_path):
+    """Pebble refusing every nonce: which key is the account's cannot be asked, so the run
+    fails, saying so, and keeps both."""
+    from aistack.acme.protocol import AcmeClient, AcmeFailure
+
+    for server in running_pebble(tmp_path_factory.mktemp("nonces"), nonce_reject_percent=100):
+        config = acme_config(tmp_path, server)
+        account = store(tmp_path, server)
+        old_key = keys.to_pem(account.load_key())
+        account.write_next_key(keys.generate("ec256"))
+        pending = account.next_key_file.read_bytes()
+        with pytest.raises(AcmeFailure) as failed:
+            AcmeClient(config, Path(config.state_dir))
+        assert "cannot tell which account key the CA holds" in str(failed.value)
+        assert "badNonce" in str(failed.value)
+        assert account.key_file.read_bytes() == old_key
+        assert account.next_key_file.read_bytes() == pending

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aistack.config import AcmeConfig
 from aistack.errors import Failure
+
+if TYPE_CHECKING:
+    from aistack.acme.protocol import AcmeClient
 
 
 def roll_over(config: AcmeConfig) -> str:
     """Roll the account key over; the line to print. Failure when the CA refused (the old
     key stays) or could not be asked."""
-    from aistack.acme.protocol import CA_ERRORS, AcmeClient, as_failure
+    from aistack.acme.protocol import AcmeClient
 
-    acme = AcmeClient(config, Path(config.state_dir))
+    return roll_over_with(AcmeClient(config, Path(config.state_dir)))
+
+
+def roll_over_with(acme: AcmeClient) -> str:
+    from aistack.acme.protocol import CA_ERRORS, as_failure
+
     try:
         uri = acme.roll_over()
     except CA_ERRORS as error:
