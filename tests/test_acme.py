@@ -148,7 +148,8 @@ def test_cli_renew_force_and_status(tmp_path, pebble):
 
     status = aistack("acme", "status", "--config", str(config_path), "--json")
     assert status.returncode == 0
-    data = json.loads(status.stdout)
+    [data] = json.loads(status.stdout)
+    assert data["certificate"] == "www.aistack.test"
     assert data["renewals_total"] == 2 and data["failures_total"] == 0
     assert data["placeholder"] is False and data["last_error"] is None
 

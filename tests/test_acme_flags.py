@@ -77,7 +77,7 @@ def test_the_roadmaps_one_liner_without_a_configuration_file(tmp_path, pebble, w
         (["--domain", "*.example.org"], "--domain: "),
         (["--domain", "example.org", "--email", "not-an-address"], "--email: "),
         (["--domain", "example.org", "--server", "ftp://ca.example"], "--server: "),
-        (["--email", "admin@example.org"], "name at least one domain (acme.domains, or --domain)"),
+        (["--email", "admin@example.org"], "acme.certificates names none"),
     ],
 )
 def test_a_bad_flag_is_a_usage_error_and_creates_nothing(tmp_path, flags, message):

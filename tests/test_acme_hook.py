@@ -72,7 +72,7 @@ def test_a_failing_hook_is_logged_and_counted_and_the_certificate_stays(tmp_path
     state = CertificateState.load(state_path(config))
     assert state.deploy_hook_failures_total == 1 and state.renewals_total == 1
     assert metric_value(metrics.read_text(), "aistack_acme_deploy_hook_failures_total") == 1
-    status = json.loads(aistack("acme", "status", "--config", str(path), "--json").stdout)
+    [status] = json.loads(aistack("acme", "status", "--config", str(path), "--json").stdout)
     assert status["deploy_hook_failures_total"] == 1
     assert status["last_deploy_hook_error"] == "the deploy hook exited with 3"
 

@@ -52,7 +52,7 @@ def test_revoke_then_renew_replaces_the_certificate(tmp_path, pebble):
     status = aistack("acme", "status", "--config", str(path))
     assert f"revoked: serial {serial:x} at " in status.stdout
     assert "next renewal: now (revoked)" in status.stdout
-    data = json.loads(aistack("acme", "status", "--config", str(path), "--json").stdout)
+    (data,) = json.loads(aistack("acme", "status", "--config", str(path), "--json").stdout)
     assert data["revoked"]["serial"] == f"{serial:x}"
     assert data["revoked"]["reason"] == "keyCompromise" and data["due"] == "revoked"
 
@@ -95,7 +95,7 @@ def test_nothing_to_revoke_is_a_one_line_error_that_changes_nothing(tmp_path, pe
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["example.org"], "no certificate called 'example.org'; the configured ones: " + NAME),
+        (["example.org"], "no certificate is named 'example.org'; the configuration names " + NAME),
         ([NAME, "--reason", "bored"], "argument --reason: invalid choice: 'bored'"),
     ],
 )
@@ -106,3 +106,16 @@ def test_revoke_refuses_bad_arguments(tmp_path, pebble, arguments, message):
     result = aistack("acme", "revoke", *arguments, "--config", str(path))
     assert result.returncode == 2 and message in result.stderr
     assert files_under(tmp_path) == before
+
+
+def test_revoke_names_one_of_several_certificates(tmp_path, pebble):
+    path = config_file(tmp_path, pebble, certificates={"api": {"domains": ["api.aistack.test"]}})
+    assert aistack("acme", "renew", "--config", str(path)).returncode == 0
+    revoked = aistack("acme", "revoke", "api", "--config", str(path))
+    assert revoked.returncode == 0, revoked.stderr
+    assert "\napi: revoked serial " in revoked.stderr
+    statuses = json.loads(aistack("acme", "status", "--config", str(path), "--json").stdout)
+    by_name = {status["certificate"]: status for status in statuses}
+    assert by_name["api"]["due"] == "revoked" and by_name[NAME]["revoked"] is None
+    renewed = aistack("acme", "renew", "--config", str(path))
+    assert renewed.stdout == "changed api\n", renewed.stderr

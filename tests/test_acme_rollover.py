@@ -85,7 +85,7 @@ def test_rollover_keeps_the_account_and_retires_the_old_key(tmp_path, pebble):
     assert account.load_registration()["uri"] == uri  # type: ignore[index]
     status = aistack("acme", "status", "--config", str(path))
     assert f"account key: rolled over at {account.rolled_over()}" in status.stdout
-    data = json.loads(aistack("acme", "status", "--config", str(path), "--json").stdout)
+    (data,) = json.loads(aistack("acme", "status", "--config", str(path), "--json").stdout)
     assert data["account_key_rolled_over"] == account.rolled_over() is not None
 
 

@@ -53,7 +53,7 @@ def written_metric_names() -> set[str]:
     gateway = GatewayMetrics(CollectorRegistry())
     gateway.dependency_down("qdrant")
     text = (
-        render(StatusCollector(acme))
+        render(StatusCollector([acme]))
         + render(FiguresCollector(gc))
         + generate_latest(gateway.registry)
     ).decode()

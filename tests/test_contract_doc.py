@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from aistack.cli import build_parser
-from aistack.config import Config
+from aistack.config import CertificateSettings, Config
 from aistack.gateway.app import add_routes
 
 ROOT = Path(__file__).parents[1]
@@ -45,12 +45,12 @@ def test_the_contract_lists_exactly_the_cli_commands():
     assert documented_commands() == cli_commands()
 
 
-def documented_keys() -> dict[str, set[str]]:
-    block = CONTRACT.split("```toml\n", 1)[1].split("```", 1)[0]
+def documented_keys(block_number: int = 1) -> dict[str, set[str]]:
+    block = CONTRACT.split("```toml\n")[block_number].split("```", 1)[0]
     keys: dict[str, set[str]] = {}
     section = ""
     for line in block.splitlines():
-        if header := re.fullmatch(r"\[(\w+)\]", line):
+        if header := re.fullmatch(r"\[([\w.]+)\]", line):
             section = header[1]
             keys[section] = set()
         elif key := re.match(r"(\w+) = ", line):
@@ -65,6 +65,10 @@ def test_the_contract_lists_exactly_the_configuration_keys():
         if name != "source"
     }
     assert documented_keys() == sections
+
+
+def test_the_contract_lists_exactly_the_keys_of_one_certificate():
+    assert documented_keys(2) == {"acme.certificates.NAME": set(CertificateSettings.model_fields)}
 
 
 def test_the_contract_lists_exactly_the_endpoints():

@@ -158,7 +158,7 @@ def test_full_configuration_units_timers_and_hardening():
         acme["ExecStart"].split(" acme ")[0].replace("/nix", "+/nix", 1)
         + " acme reload --config "
         + acme["ExecStart"].split("--config ")[1].split()[0]
-        + " nginx.service"
+        + " --cert-name ai.example.org nginx.service"
     ]
     assert "acme-eab-hmac:/run/secrets/eab" in acme["LoadCredential"]
     assert acme["AmbientCapabilities"] == ""  # webroot: no capability at all
@@ -198,6 +198,57 @@ def test_full_configuration_units_timers_and_hardening():
     assert http["locations"]["/"]["return"] == "301 https://$host$request_uri"
     assert out["postgresql"]["ensureDatabases"] == ["aistack"]
     assert out["qdrant"]["enable"] is True
+
+
+SEVERAL = """{
+  services.aiStack = {
+    enable = true;
+    validation.enable = true;
+    acme = {
+      enable = true;
+      acceptTerms = true;
+      domains = [ "ai.example.org" ];
+      nginx.enable = true;
+      certs.api = { domains = [ "api.example.org" "api2.example.org" ]; keyType = "rsa2048"; };
+      certs.grafana = {
+        domains = [ "grafana.example.org" ];
+        profile = "tlsserver";
+        nginx.proxyGateway = false;
+        reloadServices = [ "grafana.service" ];
+      };
+    };
+  };
+}"""
+
+
+def test_several_certificates_each_with_its_files_reloads_and_virtual_hosts():
+    out = evaluate(SEVERAL)
+    assert out["failedAssertions"] == []
+    acme = validate_config(out["settings"]).acme
+    resolved = {c.certificate_name: c for c in acme.each_certificate()}
+    assert sorted(resolved) == ["ai.example.org", "api", "grafana"]
+    assert resolved["api"].domains == ["api.example.org", "api2.example.org"]
+    assert resolved["api"].key_type == "rsa2048" and resolved["grafana"].profile == "tlsserver"
+    assert resolved["grafana"].key_type == "ec256"
+
+    service = out["services"]["aistack-acme"]["serviceConfig"]
+    reloads = [line.split(" --cert-name ")[1] for line in service["ExecStartPost"]]
+    assert sorted(reloads) == [
+        "ai.example.org nginx.service",
+        "api nginx.service",
+        "grafana nginx.service grafana.service",
+    ]
+    hosts = out["nginx"]["virtualHosts"]
+    assert sorted(hosts) == [
+        "ai.example.org", "ai.example.org-http", "api", "api-http", "grafana-http",
+    ]  # fmt: skip
+    assert hosts["api"]["serverName"] == "api.example.org"
+    assert hosts["api"]["serverAliases"] == ["api2.example.org"]
+    assert hosts["api"]["sslCertificate"] == "/var/lib/aistack/certs/api/fullchain.pem"
+    assert hosts["api"]["locations"]["= /vector/search"]["proxyPass"] == "http://127.0.0.1:8080"
+    challenge = hosts["grafana-http"]["locations"]["/.well-known/acme-challenge/"]
+    assert challenge["root"] == "/var/lib/aistack-webroot"
+    assert hosts["grafana-http"]["serverName"] == "grafana.example.org"
 
 
 def test_the_local_qdrant_gets_a_generated_key_as_a_credential():
@@ -365,12 +416,28 @@ def test_a_settings_typo_is_caught_by_the_daemons_check():
         (
             "{ services.aiStack = { enable = true;"
             " acme = { enable = true; acceptTerms = true; }; }; }",
-            "services.aiStack.acme.domains is empty",
+            "services.aiStack.acme: domains is empty and certs names none",
         ),
         (
             "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
             ' domains = [ "a.example" ]; challenge = "standalone"; nginx.enable = true; }; }; }',
             "the standalone challenge cannot bind",
+        ),
+        (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' nginx.enable = true; certs.API.domains = [ "a.example" ]; }; }; }',
+            "API\ncannot name a certificate",
+        ),
+        (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' nginx.enable = true; certs."x.installed".domains = [ "a.example" ]; }; }; }',
+            "x.installed\ncannot name a certificate",
+        ),
+        (
+            "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
+            ' nginx.enable = true; domains = [ "a.example" ];'
+            ' certs."a.example".domains = [ "b.example" ]; }; }; }',
+            "certs.a.example has the name of the certificate acme.domains makes",
         ),
         (
             "{ services.aiStack = { enable = true; qdrant.createLocally = false; }; }",

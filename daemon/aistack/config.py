@@ -410,17 +410,74 @@ def certificate_domain(name: str) -> str:
     return name
 
 
+KeyType = Literal["ec256", "ec384", "rsa2048", "rsa4096"]
+Challenge = Literal["webroot", "standalone"]
+# Checked one by one, so each bad name is its own error (acme.domains.N).
+Domains = list[Annotated[str, AfterValidator(certificate_domain)]]
+# A certificate's name is a directory under cert_dir and the stem of its state files.
+CERTIFICATE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+# The state files of a certificate N are N.json, N.installed.json and N.changed: a name
+# ending in one of these would share another's files.
+RESERVED_NAME_SUFFIXES = (".installed", ".json", ".changed")
+
+
+def valid_certificate_name(name: str) -> str:
+    if name.endswith(RESERVED_NAME_SUFFIXES):
+        raise ValueError(
+            f"{name!a} cannot name a certificate: it ends in"
+            f" {name[name.rindex('.') :]!r}, as the state files of certificates do"
+        )
+    if not CERTIFICATE_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!a} cannot name a certificate: use 1-64 of a-z 0-9 . _ -, starting and"
+            " ending with a letter or digit (it names a directory under cert_dir)"
+        )
+    return name
+
+
+class CertificateSettings(Section):
+    """One entry of `acme.certificates`: its names, and what differs from the acme
+    section's own keys (None: as there). The account (email, directory, terms, EAB) and
+    the directories are the section's, shared by every certificate."""
+
+    domains: Domains = Field(min_length=1)
+    challenge: Challenge | None = None
+    key_type: KeyType | None = None
+    profile: str | None = None
+    renew_before_days: int | None = Field(default=None, ge=1, le=365)
+    webroot: str | None = None
+    http_address: str | None = None
+    deploy_hook: str | None = None
+
+    @field_validator("http_address")
+    @classmethod
+    def _http_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen_address(value)
+        return value
+
+
 class AcmeConfig(Section):
-    # Checked one by one, so each bad name is its own error (acme.domains.N).
-    domains: list[Annotated[str, AfterValidator(certificate_domain)]] = Field(default=[])
+    """The acme section, and also one certificate resolved from it (`each_certificate`):
+    renewal, status and the commands take one certificate's AcmeConfig at a time."""
+
+    domains: Domains = Field(default=[])
+    # Several certificates, each named (directory, state, metrics label) by its key;
+    # `domains` above is one more, named after its first domain.
+    certificates: dict[
+        Annotated[str, AfterValidator(valid_certificate_name)], CertificateSettings
+    ] = Field(default={})
     email: str = ""
     # The CA's terms of service must be agreed to explicitly (NixOS: acceptTerms).
     accept_terms: bool = False
     directory_url: str = PRODUCTION_DIRECTORY
     staging: bool = False
-    key_type: Literal["ec256", "ec384", "rsa2048", "rsa4096"] = "ec256"
+    key_type: KeyType = "ec256"
+    # An ACME profile (draft-ietf-acme-profiles), e.g. Let's Encrypt's "tlsserver" or
+    # "shortlived"; "" lets the CA choose.
+    profile: str = ""
     renew_before_days: int = Field(default=30, ge=1, le=365)
-    challenge: Literal["webroot", "standalone"] = "webroot"
+    challenge: Challenge = "webroot"
     webroot: str = "/var/lib/aistack/acme/webroot"
     http_address: str = "0.0.0.0:80"
     cert_dir: str = "/var/lib/aistack/certs"
@@ -432,6 +489,9 @@ class AcmeConfig(Section):
     # "podman exec local-ai-nginx nginx -s reload"; its failure never undoes the install.
     deploy_hook: str = ""
     deploy_hook_timeout_seconds: float = Field(default=120, gt=0, le=3600)
+
+    _name: str = PrivateAttr(default="")
+    _certificates: tuple[AcmeConfig, ...] = PrivateAttr(default=())
 
     @field_validator("email")
     @classmethod
@@ -459,8 +519,44 @@ class AcmeConfig(Section):
             raise ValueError("set both eab_kid and eab_hmac_key_file, or neither")
         return self
 
+    @model_validator(mode="after")
+    def _resolve_certificates(self) -> AcmeConfig:
+        if self.certificates:
+            self._certificates = tuple(self._resolved(name) for name in self.certificates)
+            names = [certificate.certificate_name for certificate in self._certificates]
+            if self.domains and self.certificate_name in names:
+                raise ValueError(
+                    f"certificates.{self.certificate_name} has the name of the certificate"
+                    " acme.domains makes (its first domain): rename one"
+                )
+        return self
+
+    def _resolved(self, name: str) -> AcmeConfig:
+        settings = self.certificates[name]
+        own = settings.model_dump(exclude_none=True)
+        base = self.model_dump(exclude={"certificates", "domains"})
+        try:
+            resolved = AcmeConfig.model_validate({**base, **own})
+        except ValidationError as error:
+            # Only checks across keys can fail here: each key was checked where it stands.
+            problem = error.errors()[0]
+            raise ValueError(f"certificates.{name}: {_strip_prefix(problem['msg'])}") from None
+        resolved._name = name
+        return resolved
+
+    def each_certificate(self) -> list[AcmeConfig]:
+        """Every certificate, one AcmeConfig each: the one `domains` names (if any) first."""
+        certificates = list(self._certificates)
+        if self.domains:
+            single = self.model_copy(update={"certificates": {}})
+            single._certificates = ()
+            certificates.insert(0, single)
+        return certificates
+
     @property
     def certificate_name(self) -> str:
+        if self._name:
+            return self._name
         return self.domains[0].lower().removeprefix("*.") if self.domains else ""
 
     @property

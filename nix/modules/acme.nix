@@ -17,14 +17,44 @@ let
   top = config.services.aiStack;
   cfg = top.acme;
   exe = lib.getExe top.package;
-  name = lib.toLower (lib.removePrefix "*." (lib.head cfg.domains));
   certDir = "/var/lib/aistack/certs";
   webroot = "/var/lib/aistack-webroot";
-  live = "${certDir}/${name}";
+  # The certificate `domains` makes, named as the daemon names it, beside `certs`.
+  singleName = lib.toLower (lib.removePrefix "*." (lib.head cfg.domains));
+  single = lib.optionalAttrs (cfg.domains != [ ]) {
+    ${singleName} = {
+      inherit (cfg) domains;
+      reloadServices = [ ];
+      nginx.proxyGateway = true;
+    };
+  };
+  allCerts = single // cfg.certs;
+  # As the daemon's valid_certificate_name: a directory name and a state-file stem.
+  validName =
+    n:
+    builtins.match "[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?" n != null
+    && !lib.any (suffix: lib.hasSuffix suffix n) [ ".installed" ".json" ".changed" ];
   gatewayAddress = lib.head top.validation.listen;
   upstream = "http://${gatewayAddress}";
   metricsFile = "${top.metricsDirectory}/aistack-acme.prom";
   standalone = cfg.challenge == "standalone";
+  # What a TLS virtual host of a certificate serves: the gateway's API; the operational
+  # endpoints to loopback only, unless exposed; 404 for the rest.
+  gatewayLocations =
+    {
+      "= /vector/search".proxyPass = upstream;
+      "/hybrid/".proxyPass = upstream;
+      "= /healthz".proxyPass = upstream;
+      "/".return = "404";
+    }
+    // lib.genAttrs [ "= /metrics" "= /readyz" "= /openapi.json" ] (_: {
+      proxyPass = upstream;
+      extraConfig = lib.optionalString (!cfg.nginx.exposeOperationalEndpoints) ''
+        allow 127.0.0.1;
+        allow ::1;
+        deny all;
+      '';
+    });
   daemonKeys = import ./daemon-keys.nix { inherit lib; };
 
   # The keys of `acme` a user sets most, as options; the others are set in `settings` under
@@ -103,6 +133,71 @@ in
       };
     };
 
+    certs = mkOption {
+      default = { };
+      example = lib.literalExpression ''
+        {
+          "api" = { domains = [ "api.example.org" ]; keyType = "rsa2048"; };
+          "grafana" = {
+            domains = [ "grafana.example.org" ];
+            nginx.proxyGateway = false;
+            reloadServices = [ "grafana.service" ];
+          };
+        }
+      '';
+      description = ''
+        More certificates, by name (`acme.certificates.<name>`): each has its own files
+        (`/var/lib/aistack/certs/<name>/`), state, status, metrics and back-off; the account
+        and the challenge are the section's. `domains` above stays one more certificate.
+      '';
+      type = types.attrsOf (
+        types.submodule (
+          { name, ... }:
+          {
+            options = {
+              domains = mkOption {
+                type = types.nonEmptyListOf types.str;
+                example = [ "api.example.org" ];
+                description = "Names on this certificate.";
+              };
+              keyType = mkOption {
+                type = types.nullOr (types.enum [ "ec256" "ec384" "rsa2048" "rsa4096" ]);
+                default = null;
+                description = "Its key type; null: as `acme.keyType` (ec256).";
+              };
+              profile = mkOption {
+                type = types.nullOr types.str;
+                default = null;
+                example = "shortlived";
+                description = "The ACME profile to order it with (the CA must offer it); null: as `settings.acme.profile`.";
+              };
+              reloadServices = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+                description = "Units reloaded after this certificate changed, besides `acme.reloadServices`.";
+              };
+              nginx.proxyGateway = mkOption {
+                type = types.bool;
+                default = true;
+                description = ''
+                  With `acme.nginx.enable`: an nginx TLS virtual host on these names with this
+                  certificate, proxying the gateway's API as the main one does. Off: port 80
+                  only (challenges, redirect); use the certificate in a virtual host of your own
+                  (`sslCertificate = "''${config.services.aiStack.acme.certs.<name>.directory}/fullchain.pem"`).
+                '';
+              };
+              directory = mkOption {
+                type = types.str;
+                readOnly = true;
+                default = "${certDir}/${name}";
+                description = "Where its `fullchain.pem`, `chain.pem`, `cert.pem` and `key.pem` are.";
+              };
+            };
+          }
+        )
+      );
+    };
+
     schedule = mkOption {
       type = types.str;
       default = "daily";
@@ -142,8 +237,19 @@ in
           '';
         }
         {
-          assertion = cfg.domains != [ ];
-          message = "services.aiStack.acme.domains is empty: name at least one domain.";
+          assertion = allCerts != { };
+          message = "services.aiStack.acme: domains is empty and certs names none: name at least one domain.";
+        }
+        {
+          assertion = lib.all validName (lib.attrNames cfg.certs);
+          message = ''
+            services.aiStack.acme.certs: ${lib.concatStringsSep ", " (lib.filter (n: !validName n) (lib.attrNames cfg.certs))}
+            cannot name a certificate: use 1-64 of a-z 0-9 . _ -, starting and ending with a letter or digit.
+          '';
+        }
+        {
+          assertion = cfg.domains == [ ] || !(cfg.certs ? ${singleName});
+          message = "services.aiStack.acme.certs.${singleName} has the name of the certificate acme.domains makes (its first domain): rename one.";
         }
         {
           assertion = (cfg.eab.kid == "") == (cfg.eab.hmacKeyFile == null);
@@ -168,6 +274,12 @@ in
 
       services.aiStack.settings.acme = daemonKeys.settings keys cfg // {
         domains = cfg.domains;
+        certificates = lib.mapAttrs (
+          _: cert:
+          { inherit (cert) domains; }
+          // lib.optionalAttrs (cert.keyType != null) { key_type = cert.keyType; }
+          // lib.optionalAttrs (cert.profile != null) { inherit (cert) profile; }
+        ) cfg.certs;
         accept_terms = cfg.acceptTerms;
         challenge = cfg.challenge;
         webroot = webroot;
@@ -213,9 +325,18 @@ in
           ExecStart =
             "${exe} acme renew --config ${top.configFile}"
             + lib.optionalString (top.metricsDirectory != null) " --metrics-file ${metricsFile}";
-          # "+": as root, to reload other units; it does so only if the certificate changed.
-          ExecStartPost = lib.optional (cfg.reloadServices != [ ]) (
-            "+${exe} acme reload --config ${top.configFile} " + lib.concatStringsSep " " cfg.reloadServices
+          # "+": as root, to reload other units; each only if its certificate changed.
+          ExecStartPost = lib.concatLists (
+            lib.mapAttrsToList (
+              certName: cert:
+              let
+                units = cfg.reloadServices ++ cert.reloadServices;
+              in
+              lib.optional (units != [ ]) (
+                "+${exe} acme reload --config ${top.configFile} --cert-name ${certName} "
+                + lib.concatStringsSep " " units
+              )
+            ) allCerts
           );
           # Only this unit gets the EAB key.
           LoadCredential =
@@ -267,34 +388,24 @@ in
         enable = true;
         recommendedTlsSettings = true;
         recommendedProxySettings = true;
-        virtualHosts."${name}-http" = {
-          serverName = name;
-          serverAliases = lib.tail cfg.domains;
-          locations."/.well-known/acme-challenge/".root = webroot;
-          locations."/".return = "301 https://$host$request_uri";
-        };
-        virtualHosts.${name} = {
-          serverAliases = lib.tail cfg.domains;
-          onlySSL = true;
-          sslCertificate = "${live}/fullchain.pem";
-          sslCertificateKey = "${live}/key.pem";
-          locations = mkIf top.validation.enable (
-            {
-              "= /vector/search".proxyPass = upstream;
-              "/hybrid/".proxyPass = upstream;
-              "= /healthz".proxyPass = upstream;
-              "/".return = "404";
-            }
-            // lib.genAttrs [ "= /metrics" "= /readyz" "= /openapi.json" ] (_: {
-              proxyPass = upstream;
-              extraConfig = lib.optionalString (!cfg.nginx.exposeOperationalEndpoints) ''
-                allow 127.0.0.1;
-                allow ::1;
-                deny all;
-              '';
-            })
-          );
-        };
+        virtualHosts = lib.mkMerge (
+          lib.mapAttrsToList (certName: cert: {
+            "${certName}-http" = {
+              serverName = lib.head cert.domains;
+              serverAliases = lib.tail cert.domains;
+              locations."/.well-known/acme-challenge/".root = webroot;
+              locations."/".return = "301 https://$host$request_uri";
+            };
+            ${certName} = mkIf cert.nginx.proxyGateway {
+              serverName = lib.head cert.domains;
+              serverAliases = lib.tail cert.domains;
+              onlySSL = true;
+              sslCertificate = "${certDir}/${certName}/fullchain.pem";
+              sslCertificateKey = "${certDir}/${certName}/key.pem";
+              locations = mkIf top.validation.enable gatewayLocations;
+            };
+          }) allCerts
+        );
       };
       # nginx loads the key (0640, group of the units) in `nginx -t` and at start; nixpkgs'
       # security.acme likewise puts nginx in the certificates' group.

@@ -1,4 +1,6 @@
-# ACME end to end: pebble from nixpkgs' ACME test server, nginx serving our certificate,
+# ACME end to end: pebble from nixpkgs' ACME test server, nginx serving our certificates
+# (the node's fqdn, and a second certificate `api` on a name of its own, each on its own
+# virtual host),
 # a forced renewal changing it and reloading nginx, and the CA down: failure counted, old
 # certificate kept. As nixpkgs' own acme tests: the certificate names the node's fqdn,
 # which the test server's resolver answers, and pebble's issuing root (new at each start)
@@ -13,6 +15,8 @@
       { nodes, pkgs, modulesPath, ... }:
       {
         imports = [ "${modulesPath}/../tests/common/acme/server" ];
+        # The test resolver serves every node's extraHosts: the second certificate's name.
+        networking.extraHosts = "${nodes.webserver.networking.primaryIPAddress} api.example.test";
       };
 
     webserver =
@@ -38,6 +42,7 @@
             server = "https://${nodes.acme.test-support.acme.caDomain}/dir";
             caBundle = nodes.acme.test-support.acme.caCert;
             nginx.enable = true;
+            certs.api.domains = [ "api.example.test" ];
           };
         };
         systemd.tmpfiles.rules = [ "d /var/lib/prometheus-node-exporter-text-files 0755 aistack aistack - -" ];
@@ -60,6 +65,8 @@
       live = "/var/lib/aistack/certs/${domain}";
     in
     ''
+      webserver_ip = "${nodes.webserver.networking.primaryIPAddress}"
+
       served_serial_command = (
           "openssl s_client -connect ${domain}:443 -servername ${domain} </dev/null"
           " 2>/dev/null | openssl x509 -noout -serial"
@@ -105,6 +112,19 @@
           assert mode == "640", mode
           webserver.succeed("sudo -u nginx cat ${live}/key.pem > /dev/null")
           webserver.fail("sudo -u nobody cat ${live}/key.pem")
+
+      with subtest("the second certificate has its own files and virtual host"):
+          api_names = client.succeed(
+              f"openssl s_client -connect {webserver_ip}:443 -servername api.example.test"
+              " </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+          )
+          assert "DNS:api.example.test" in api_names and "${domain}" not in api_names, api_names
+          client.succeed(
+              "curl --fail --cacert /tmp/pebble-root.pem -o /dev/null"
+              f" --resolve api.example.test:443:{webserver_ip} https://api.example.test/healthz"
+          )
+          status = webserver.succeed("aistack-manage acme status")
+          assert "api (api.example.test)" in status and "installed: yes" in status, status
 
       with subtest("only the API routes are public"):
           assert status_from_client("/metrics") == "403"

@@ -7,10 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aistack.command import config_argument, load_config
 from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
+
+if TYPE_CHECKING:
+    from aistack.config import AcmeConfig
 
 # RFC 5280 section 5.3.1: the reasons a subscriber may give, and their codes.
 REVOCATION_REASONS = {
@@ -54,6 +57,7 @@ def register(commands: Any) -> None:
     roadmap.add_argument("--server", metavar="URL", help="the ACME directory (acme.directory_url)")
     roadmap.add_argument("--cert-dir", metavar="DIR", help="acme.cert_dir")
     roadmap.add_argument("--state-dir", metavar="DIR", help="acme.state_dir")
+    cert_name_argument(renew)
     renew.add_argument("--force", action="store_true", help="renew now, due or not")
     renew.add_argument(
         "--dry-run",
@@ -64,8 +68,8 @@ def register(commands: Any) -> None:
     renew.add_argument(
         "--deploy-hook",
         metavar="CMD",
-        help="run CMD with /bin/sh once after the certificate changed (instead of "
-        "acme.deploy_hook); it sees AISTACK_CERTIFICATE, AISTACK_FULLCHAIN, AISTACK_KEY, "
+        help="run CMD with /bin/sh once after a certificate changed (instead of "
+        "its deploy_hook); it sees AISTACK_CERTIFICATE, AISTACK_FULLCHAIN, AISTACK_KEY, "
         "RENEWED_LINEAGE ...",
     )
     renew.add_argument(
@@ -81,6 +85,7 @@ def register(commands: Any) -> None:
         help="put a self-signed placeholder where the certificate goes, if none is there yet",
     )
     config_argument(placeholder)
+    cert_name_argument(placeholder)
     placeholder.set_defaults(run=run_placeholder)
 
     reload = acme_commands.add_parser(
@@ -88,6 +93,7 @@ def register(commands: Any) -> None:
         help="reload these units if the last renewal changed the certificate (then forget it)",
     )
     config_argument(reload)
+    cert_name_argument(reload)
     reload.add_argument("units", nargs="+", metavar="UNIT", help="e.g. nginx.service")
     reload.set_defaults(run=run_reload)
 
@@ -95,6 +101,7 @@ def register(commands: Any) -> None:
         "status", help="per certificate: expiry, next renewal, last error"
     )
     config_argument(status)
+    cert_name_argument(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument(
         "--metrics-file", type=Path, metavar="FILE", help="also write the Prometheus figures"
@@ -122,12 +129,24 @@ def register(commands: Any) -> None:
     rollover.set_defaults(run=run_rollover)
 
 
-def _write_metrics(config: Any, path: Path | None) -> None:
+def cert_name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cert-name",
+        action="append",
+        dest="cert_names",
+        metavar="NAME",
+        help="only this certificate (repeatable; default: every certificate)",
+    )
+
+
+def _write_metrics(section: AcmeConfig, path: Path | None) -> None:
+    """Every certificate's figures, whichever this run touched: one file holds them all."""
     if path is None:
         return
+    from aistack.acme.renew import certificates
     from aistack.acme.status import certificate_status, write_metrics_file
 
-    write_metrics_file(path, certificate_status(config))
+    write_metrics_file(path, [certificate_status(c) for c in certificates(section)])
 
 
 FLAG_OF = {
@@ -159,107 +178,115 @@ def command_line_acme(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_renew(args: argparse.Namespace) -> int:
-    from aistack.acme.renew import check_config, renew
+    from aistack.acme.renew import certificates, renew
     from aistack.config import acme_config_with
 
-    config = acme_config_with(args.config, command_line_acme(args), FLAG_OF)
-    check_config(config)
+    section = acme_config_with(args.config, command_line_acme(args), FLAG_OF)
+    chosen = certificates(section, args.cert_names)
     if args.deploy_hook is not None:
-        config = config.model_copy(update={"deploy_hook": args.deploy_hook})
+        chosen = [c.model_copy(update={"deploy_hook": args.deploy_hook}) for c in chosen]
     if args.dry_run:
-        return _dry_run(config)
+        return _dry_run(chosen)
+    outcomes = []
     try:
-        outcome = renew(config, force=args.force)
+        for config in chosen:
+            outcome = renew(config, force=args.force)
+            outcomes.append(outcome)
+            print(outcome.line(), file=sys.stderr)
+            if outcome.changed:
+                print(f"changed {outcome.name}", flush=True)
     finally:
-        _write_metrics(config, args.metrics_file)
-    print(outcome.line(), file=sys.stderr)
-    if outcome.changed:
-        print(f"changed {outcome.name}")
-    return EXIT_FAILURE if outcome.action in ("failed", "waiting") else EXIT_OK
+        _write_metrics(section, args.metrics_file)
+    failed = [o for o in outcomes if o.action in ("failed", "waiting")]
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _dry_run(config: Any) -> int:
+def _dry_run(chosen: list[AcmeConfig]) -> int:
     from aistack.acme.renew import dry_run
 
-    outcome = dry_run(config)
-    if outcome.action == "failed":
-        print(f"{outcome.name} dry run failed: {outcome.error}", file=sys.stderr)
-        return EXIT_FAILURE
-    expires = f"{outcome.not_after:%Y-%m-%dT%H:%M:%SZ}" if outcome.not_after else "?"
-    print(
-        f"{outcome.name} dry run: issued ({outcome.due.reason}, expires {expires}); "
-        "nothing was installed or recorded",
-        file=sys.stderr,
-    )
-    return EXIT_OK
+    status = EXIT_OK
+    for config in chosen:
+        outcome = dry_run(config)
+        if outcome.action == "failed":
+            print(f"{outcome.name} dry run failed: {outcome.error}", file=sys.stderr)
+            status = EXIT_FAILURE
+            continue
+        expires = f"{outcome.not_after:%Y-%m-%dT%H:%M:%SZ}" if outcome.not_after else "?"
+        print(
+            f"{outcome.name} dry run: issued ({outcome.due.reason}, expires {expires}); "
+            "nothing was installed or recorded",
+            file=sys.stderr,
+        )
+    return status
+
+
+def _chosen(args: argparse.Namespace) -> list[AcmeConfig]:
+    from aistack.acme.renew import certificates
+
+    return certificates(load_config(args.config).acme, args.cert_names)
 
 
 def run_placeholder(args: argparse.Namespace) -> int:
-    from aistack.acme.renew import check_config, ensure_placeholder
+    from aistack.acme.renew import ensure_placeholder
 
-    config = load_config(args.config).acme
-    check_config(config)
-    made = ensure_placeholder(config)
-    print(
-        f"{config.certificate_name}: "
-        + ("placeholder installed" if made else "a certificate is already in place"),
-        file=sys.stderr,
-    )
+    for config in _chosen(args):
+        made = ensure_placeholder(config)
+        print(
+            f"{config.certificate_name}: "
+            + ("placeholder installed" if made else "a certificate is already in place"),
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
 def run_reload(args: argparse.Namespace) -> int:
     import subprocess
 
-    from aistack.acme.renew import changed_marker, check_config
+    from aistack.acme.renew import changed_marker
 
-    config = load_config(args.config).acme
-    check_config(config)
-    marker = changed_marker(config)
-    if not marker.exists():
-        print(f"{config.certificate_name}: unchanged, nothing reloaded", file=sys.stderr)
+    markers = {c.certificate_name: changed_marker(c) for c in _chosen(args)}
+    changed = {name: marker for name, marker in markers.items() if marker.exists()}
+    if not changed:
+        print(f"{', '.join(markers)}: unchanged, nothing reloaded", file=sys.stderr)
         return EXIT_OK
     try:
         result = subprocess.run(["systemctl", "try-reload-or-restart", *args.units])
     except OSError as error:
         raise Failure(f"cannot run systemctl: {error.strerror}") from None
     if result.returncode != 0:
-        # The marker stays: the next run tries the reload again.
+        # The markers stay: the next run tries the reload again.
         raise Failure(f"systemctl try-reload-or-restart failed ({result.returncode})")
-    marker.unlink(missing_ok=True)
-    print(f"{config.certificate_name}: reloaded {' '.join(args.units)}", file=sys.stderr)
+    for marker in changed.values():
+        marker.unlink(missing_ok=True)
+    print(f"{', '.join(changed)}: reloaded {' '.join(args.units)}", file=sys.stderr)
     return EXIT_OK
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from aistack.acme.renew import check_config
     from aistack.acme.status import certificate_status, format_status, write_metrics_file
 
-    config = load_config(args.config).acme
-    check_config(config)
-    status = certificate_status(config)
+    statuses = [certificate_status(config) for config in _chosen(args)]
     if args.metrics_file:
-        write_metrics_file(args.metrics_file, status)
-    print(json.dumps(status.as_json(), indent=2) if args.json else format_status(status))
+        write_metrics_file(args.metrics_file, statuses)
+    if args.json:
+        print(json.dumps([status.as_json() for status in statuses], indent=2))
+    else:
+        print("\n\n".join(format_status(status) for status in statuses))
     return EXIT_OK
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    from aistack.acme.certificates import find_certificate
-    from aistack.acme.renew import check_config
+    from aistack.acme.renew import certificates
     from aistack.acme.revoke import revoke
 
-    config = load_config(args.config).acme
-    check_config(config)
-    print(revoke(find_certificate(config, args.name), args.reason), file=sys.stderr)
+    (config,) = certificates(load_config(args.config).acme, [args.name])
+    print(revoke(config, args.reason), file=sys.stderr)
     return EXIT_OK
 
 
 def run_rollover(args: argparse.Namespace) -> int:
-    from aistack.acme.renew import check_config
     from aistack.acme.rollover import roll_over
 
-    config = load_config(args.config).acme
-    check_config(config)
-    print(roll_over(config), file=sys.stderr)
+    # The account is the section's, shared by every certificate.
+    print(roll_over(load_config(args.config).acme), file=sys.stderr)
     return EXIT_OK

@@ -286,15 +286,18 @@ class AcmeClient:
         domains: list[str],
         key_pem: bytes,
         open_responder: Callable[[], Responder],
+        profile: str = "",
         replaces: str | None = None,
     ) -> str:
-        """Order, answer HTTP-01, finalize, download: the full chain PEM. `replaces`: the
-        ARI id of the certificate this one renews (certfiles.Facts.renewal_id).
+        """Order (with `profile`, if one is named), answer HTTP-01, finalize, download:
+        the full chain PEM. `replaces`: the ARI id of the certificate this one renews
+        (certfiles.Facts.renewal_id).
 
         The responder is opened only if some name still needs validating: when the CA
         still trusts earlier validations, no port is bound and no file is written."""
+        self._check_profile(profile)
         csr = crypto_util.make_csr(key_pem, domains)
-        order = self.new_order(csr, replaces)
+        order = self.new_order(csr, replaces, profile)
         deadline = time.monotonic() + ORDER_DEADLINE_SECONDS
         pending = [a for a in order.authorizations if a.body.status != messages.STATUS_VALID]
         if pending:
@@ -309,14 +312,30 @@ class AcmeClient:
         with_nonce_retries(lambda: self._begin_finalization(order))
         return self._wait_certificate(order, deadline)
 
-    def new_order(self, csr_pem: bytes, replaces: str | None = None) -> messages.OrderResource:
+    def _check_profile(self, profile: str) -> None:
+        """A profile the directory does not advertise is refused here, not sent: a CA may
+        ignore an unknown one and issue its default, which is not what was asked for."""
+        if not profile:
+            return
+        offered = self.client.directory.meta.profiles or {}
+        if profile not in offered:
+            choice = f"it offers {', '.join(sorted(offered))}" if offered else "it offers none"
+            raise AcmeFailure(
+                f"the CA has no ACME profile {profile!r} ({choice}): set profile to one it"
+                ' offers, or to "" for its default',
+                retryable=False,
+            )
+
+    def new_order(
+        self, csr_pem: bytes, replaces: str | None = None, profile: str = ""
+    ) -> messages.OrderResource:
         """The order, saying which certificate it replaces if the CA speaks ARI. A CA
         that refuses the replacement (already replaced, not ours, unknown) is asked once
         more without it: a renewal must not fail over a hint."""
         if replaces is not None and not self.offers("renewalInfo"):
             replaces = None
         try:
-            return with_nonce_retries(lambda: self._post_order(csr_pem, replaces))
+            return with_nonce_retries(lambda: self._post_order(csr_pem, replaces, profile))
         except (messages.Error, errors.ConflictError) as error:
             problem = self.net.refusal(error)
             if replaces is None or (problem is not None and problem.code in NOT_ABOUT_REPLACES):
@@ -327,14 +346,17 @@ class AcmeClient:
                 problem=problem.typ if problem else "409 conflict",
                 detail=(problem.detail if problem else "") or "",
             )
-        return with_nonce_retries(lambda: self._post_order(csr_pem, None))
+        return with_nonce_retries(lambda: self._post_order(csr_pem, None, profile))
 
     def offers(self, resource: str) -> bool:
         return isinstance(self.client.directory.to_partial_json().get(resource), str)
 
-    def _post_order(self, csr_pem: bytes, replaces: str | None) -> messages.OrderResource:
+    def _post_order(
+        self, csr_pem: bytes, replaces: str | None, profile: str
+    ) -> messages.OrderResource:
         response = self._post(
-            self.client.directory["newOrder"], order_request(csr_pem, replaces=replaces)
+            self.client.directory["newOrder"],
+            order_request(csr_pem, replaces=replaces, profile=profile or None),
         )
         echoed = response.json().get("replaces")
         body = messages.Order.from_json(response.json())

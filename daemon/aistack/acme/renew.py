@@ -131,17 +131,30 @@ def ensure_placeholder(config: AcmeConfig) -> bool:
     return True
 
 
-def check_config(config: AcmeConfig) -> None:
-    if not config.domains:
+def certificates(section: AcmeConfig, names: list[str] | None = None) -> list[AcmeConfig]:
+    """The certificates the section declares (only those `names` names, if given), each
+    resolved to its own AcmeConfig. ConfigError when there is none, or a name is unknown."""
+    every = section.each_certificate()
+    if not every:
         raise ConfigError(
-            "acme.domains is empty: name at least one domain (acme.domains, or --domain)"
+            "acme.domains is empty and acme.certificates names none: name at least one"
+            " domain (acme.domains, acme.certificates.<name>.domains, or --domain)"
         )
+    if not names:
+        return every
+    by_name = {certificate.certificate_name: certificate for certificate in every}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ConfigError(
+            f"no certificate is named {', '.join(map(repr, unknown))}; the configuration"
+            f" names {', '.join(by_name)}"
+        )
+    return [by_name[name] for name in dict.fromkeys(names)]
 
 
 def renew(
     config: AcmeConfig, *, force: bool = False, now: datetime.datetime | None = None
 ) -> Outcome:
-    check_config(config)
     now = now or datetime.datetime.now(datetime.UTC)
     name = config.certificate_name
     cert_dir = Path(config.cert_dir)
@@ -197,7 +210,6 @@ def dry_run(config: AcmeConfig) -> Outcome:
     state, account, placeholder, marker or hook of the real certificate is touched."""
     from aistack.acme.protocol import AcmeClient, AcmeFailure
 
-    check_config(config)
     name = config.certificate_name
     directory = config.rehearsal_directory
     rehearsal = config.model_copy(update={"directory_url": directory, "staging": False})
@@ -319,7 +331,8 @@ def _issue_with_retries(
         try:
             acme.register()
             responder = functools.partial(open_responder, config)
-            return acme.issue(config.domains, key_pem, responder, replaces), key_pem
+            fullchain = acme.issue(config.domains, key_pem, responder, config.profile, replaces)
+            return fullchain, key_pem
         except ChallengeSetupError as error:
             raise AcmeFailure(str(error), retryable=False) from None
         except CA_ERRORS as error:

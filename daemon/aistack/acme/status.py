@@ -114,63 +114,60 @@ def format_status(status: CertificateStatus) -> str:
 
 
 class StatusCollector(Collector):
-    def __init__(self, status: CertificateStatus) -> None:
-        self._status = status
+    """The figures of every certificate, one series per certificate (label `certificate`)."""
+
+    def __init__(self, statuses: list[CertificateStatus]) -> None:
+        self._statuses = statuses
 
     def collect(self) -> Iterator[Any]:
-        status, name = self._status, self._status.name
         expiry = GaugeMetricFamily(
             "aistack_acme_certificate_expiry_timestamp_seconds",
             "When the installed certificate expires (0 while only the placeholder stands)",
             labels=["certificate"],
         )
-        expiry.add_metric(
-            [name],
-            status.not_after.timestamp() if status.not_after and not status.placeholder else 0,
-        )
-        yield expiry
         failures = CounterMetricFamily(
             "aistack_acme_renewal_failures",
             "Failed issuance or renewal attempts",
             labels=["certificate"],
         )
-        failures.add_metric([name], status.state.failures_total)
-        yield failures
         renewals = CounterMetricFamily(
             "aistack_acme_renewals", "Certificates issued and installed", labels=["certificate"]
         )
-        renewals.add_metric([name], status.state.renewals_total)
-        yield renewals
         success = GaugeMetricFamily(
             "aistack_acme_last_success_timestamp_seconds",
             "When a certificate was last issued and installed",
             labels=["certificate"],
         )
-        last = status.state.last_success
-        success.add_metric([name], datetime.datetime.fromisoformat(last).timestamp() if last else 0)
-        yield success
         consecutive = GaugeMetricFamily(
             "aistack_acme_consecutive_failures",
             "Failed attempts since the last success (0 when the last attempt worked)",
             labels=["certificate"],
         )
-        consecutive.add_metric([name], status.state.consecutive_failures)
-        yield consecutive
         placeholder = GaugeMetricFamily(
             "aistack_acme_placeholder",
             "1 while the self-signed placeholder stands in for the certificate",
             labels=["certificate"],
         )
-        placeholder.add_metric([name], 1 if status.placeholder else 0)
-        yield placeholder
         hook = CounterMetricFamily(
             "aistack_acme_deploy_hook_failures",
             "Deploy hook runs that failed (the certificate stayed installed)",
             labels=["certificate"],
         )
-        hook.add_metric([name], status.state.deploy_hook_failures_total)
-        yield hook
+        for status in self._statuses:
+            name, state = [status.name], status.state
+            not_after = None if status.placeholder else status.not_after
+            expiry.add_metric(name, not_after.timestamp() if not_after else 0)
+            failures.add_metric(name, state.failures_total)
+            renewals.add_metric(name, state.renewals_total)
+            last = state.last_success
+            success.add_metric(
+                name, datetime.datetime.fromisoformat(last).timestamp() if last else 0
+            )
+            consecutive.add_metric(name, state.consecutive_failures)
+            placeholder.add_metric(name, 1 if status.placeholder else 0)
+            hook.add_metric(name, state.deploy_hook_failures_total)
+        yield from (expiry, failures, renewals, success, consecutive, placeholder, hook)
 
 
-def write_metrics_file(path: Path, status: CertificateStatus) -> None:
-    write_textfile(path, StatusCollector(status))
+def write_metrics_file(path: Path, statuses: list[CertificateStatus]) -> None:
+    write_textfile(path, StatusCollector(statuses))
