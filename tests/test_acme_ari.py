@@ -17,6 +17,7 @@ from aistack.acme import ari, certfiles
 from aistack.acme.renew import renew
 from aistack.config import AcmeConfig
 from tests.pebble import Pebble, ari_pebble, running_pebble
+from tests.profile_proxy import profile_directory
 from tests.test_acme import acme_config, leaf, live
 
 
@@ -139,3 +140,17 @@ def test_a_renewal_by_another_account_is_refused_its_replaces_and_still_renews(
     assert len(refused) == 1 and refused[0]["problem"] == "urn:ietf:params:acme:error:unauthorized"
     assert "did not request the certificate being replaced" in str(refused[0]["detail"])
     assert installed(config).serial_number != old_serial
+
+
+def test_a_renewal_order_carries_its_profile_and_what_it_replaces(tmp_path, pebble26):
+    """The profile through tests/profile_proxy.py (pebble 2.6 offers none), in front of
+    the real ARI pebble: one order payload holds both."""
+    for offering in profile_directory(pebble26, {"classic": "the default"}):
+        config = acme_config(
+            tmp_path, pebble26, directory_url=offering.directory_url, profile="classic"
+        )
+        assert renew(config).action == "renewed"
+        old_id = installed(config).renewal_id
+        assert renew(config, force=True).action == "renewed"
+        sent = [(order.get("profile"), order.get("replaces")) for order in offering.orders]
+        assert sent == [("classic", None), ("classic", old_id)]
