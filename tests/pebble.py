@@ -86,6 +86,7 @@ class Pebble:
     # HOST:PORT of a DNS server (tests/bind.py) to resolve names and DNS-01 records
     # with, instead of pebble-challtestsrv.
     dns_server: str | None = None
+    binary: str = "pebble"  # e.g. ari_pebble(): trixie's 2.6, which serves renewalInfo
 
     def __post_init__(self) -> None:
         self.api_port = free_port()
@@ -186,7 +187,7 @@ class Pebble:
         self.logs.append(log)
         self.processes.append(
             subprocess.Popen(
-                ["pebble", "-config", str(config), "-dnsserver", dns_server],
+                [self.binary, "-config", str(config), "-dnsserver", dns_server],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -228,6 +229,22 @@ class Pebble:
         for log in self.logs:
             log.close()
         self.logs.clear()
+
+
+ARI_PEBBLE_DIRECTORY = "/opt/pebble-trixie"
+
+
+def ari_pebble() -> str:
+    """A pebble that serves ARI (RFC 9773): $AISTACK_PEBBLE_ARI, else trixie's 2.6 where
+    .ci/run unpacks it. Bookworm's 2.4 has no renewalInfo."""
+    binary = os.environ.get("AISTACK_PEBBLE_ARI") or f"{ARI_PEBBLE_DIRECTORY}/usr/bin/pebble"
+    if not os.access(binary, os.X_OK):
+        tool_missing(
+            f"pebble with ARI ({binary})",
+            f"unpack Debian trixie's pebble (2.6) into {ARI_PEBBLE_DIRECTORY} as .ci/run does, "
+            "or point AISTACK_PEBBLE_ARI at a pebble >= 2.6",
+        )
+    return binary
 
 
 def running_pebble(directory: Path, **options: Any) -> Iterator[Pebble]:

@@ -31,6 +31,7 @@ class ProfileDirectory:
         self.pebble = pebble
         self.profiles = profiles
         self.ordered_profiles: list[str | None] = []
+        self.orders: list[dict[str, Any]] = []  # every newOrder payload, as sent
         self.port = free_port()
         upstream = ssl.create_default_context(cafile=str(pebble.ca_file))
         served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -53,7 +54,8 @@ class ProfileDirectory:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if body and self.path == "/order-plz":
-                    proxy.ordered_profiles.append(payload_of(body).get("profile"))
+                    proxy.orders.append(payload_of(body))
+                    proxy.ordered_profiles.append(proxy.orders[-1].get("profile"))
                 connection = http.client.HTTPSConnection(
                     "127.0.0.1", pebble.api_port, context=upstream, timeout=30
                 )

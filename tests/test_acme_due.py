@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -144,11 +145,15 @@ def test_what_makes_a_certificate_due_at_once(tmp_path):
 
 
 class AriDirectory:
-    """Serves an ACME directory that offers renewalInfo, and one renewal window."""
+    """Serves an ACME directory that offers renewalInfo, and one renewal window, with an
+    explanationURL, which pebble 2.6 never sends (tests/test_acme_ari.py has the real CA)."""
 
     def __init__(self, start: datetime.datetime, end: datetime.datetime) -> None:
         self.requests: list[str] = []
-        window = {"suggestedWindow": {"start": start.isoformat(), "end": end.isoformat()}}
+        window = {
+            "suggestedWindow": {"start": start.isoformat(), "end": end.isoformat()},
+            "explanationURL": "https://ca.example/incident-42",
+        }
         directory_of = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -204,7 +209,8 @@ def ari_config(tmp_path: Path, url: str):
     ).acme
 
 
-def test_ari_window_is_read_and_moves_the_renewal(tmp_path):
+def test_ari_window_is_read_and_moves_the_renewal(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "aistack.acme")
     now = datetime.datetime.now(datetime.UTC)
     server = AriDirectory(now + 5 * DAY, now + 6 * DAY)
     try:
@@ -223,6 +229,12 @@ def test_ari_window_is_read_and_moves_the_renewal(tmp_path):
         assert outcome.due.renew_at is not None
         assert now + 5 * DAY <= outcome.due.renew_at <= now + 6 * DAY
         assert any(path.startswith("/renewal-info/") for path in server.requests)
+        # The CA's reason for its window, for the operator to read in the journal.
+        explained = [r for r in caplog.records if r.getMessage() == "acme.ari_explanation"]
+        assert [getattr(r, "fields", {}) for r in explained][-1] == {
+            "url": "https://ca.example/incident-42",
+            "renewal_id": installed.renewal_id,
+        }
     finally:
         server.close()
 

@@ -61,7 +61,7 @@ def renewal_window(config: AcmeConfig, renewal_id: str | None) -> Window | None:
         log.warning("acme.ari_unavailable", url=url)
         return None
     if isinstance(info.get("explanationURL"), str):
-        log.info("acme.ari_explanation", url=info["explanationURL"])
+        log.info("acme.ari_explanation", url=info["explanationURL"], renewal_id=renewal_id)
     return start, end
 
 

@@ -188,14 +188,6 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)  # whatever the umask said
 
 
-def _fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def install(cert_dir: Path, name: str, fullchain_pem: str, key_pem: bytes) -> Path:
     """Put a certificate and its key in place atomically; return the live path."""
     from cryptography import x509
@@ -218,7 +210,7 @@ def install(cert_dir: Path, name: str, fullchain_pem: str, key_pem: bytes) -> Pa
         _write(version / "chain.pem", chain.encode(), PUBLIC_MODE)
         _write(version / "fullchain.pem", (leaf + chain).encode(), PUBLIC_MODE)
         _write(version / "key.pem", key_pem, KEY_MODE)
-        _fsync_directory(version)
+        keys.fsync_directory(version)
     except OSError:
         # A full disk (ENOSPC) or an I/O error: leave no half-written version behind
         # that pruning would keep as one of the newest.
@@ -233,7 +225,7 @@ def install(cert_dir: Path, name: str, fullchain_pem: str, key_pem: bytes) -> Pa
     link.unlink(missing_ok=True)
     os.symlink(os.path.relpath(version, cert_dir), link)
     os.replace(link, live)
-    _fsync_directory(cert_dir)
+    keys.fsync_directory(cert_dir)
     _prune_versions(versions, keep=version, live=live)
     return live
 

@@ -1,4 +1,5 @@
-"""`aistack acme renew | status`: the ACME client's commands."""
+"""`aistack acme renew | placeholder | reload | status | revoke | rollover`: the ACME
+client's commands."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ from aistack.errors import EXIT_FAILURE, EXIT_OK, Failure
 
 if TYPE_CHECKING:
     from aistack.config import AcmeConfig
+
+# RFC 5280 section 5.3.1: the reasons a subscriber may give, and their codes.
+REVOCATION_REASONS = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+}
 
 
 def register(commands: Any) -> None:
@@ -97,6 +107,26 @@ def register(commands: Any) -> None:
         "--metrics-file", type=Path, metavar="FILE", help="also write the Prometheus figures"
     )
     status.set_defaults(run=run_status)
+
+    revoke = acme_commands.add_parser(
+        "revoke",
+        help="revoke the installed certificate NAME; the next acme renew replaces it",
+    )
+    revoke.add_argument("name", metavar="NAME", help="the certificate (its first domain)")
+    revoke.add_argument(
+        "--reason",
+        choices=REVOCATION_REASONS,
+        default="unspecified",
+        help="RFC 5280's reason (default: unspecified)",
+    )
+    config_argument(revoke)
+    revoke.set_defaults(run=run_revoke)
+
+    rollover = acme_commands.add_parser(
+        "rollover", help="replace the ACME account key by a new one, keeping the account"
+    )
+    config_argument(rollover)
+    rollover.set_defaults(run=run_rollover)
 
 
 def cert_name_argument(parser: argparse.ArgumentParser) -> None:
@@ -242,4 +272,21 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps([status.as_json() for status in statuses], indent=2))
     else:
         print("\n\n".join(format_status(status) for status in statuses))
+    return EXIT_OK
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    from aistack.acme.renew import certificates
+    from aistack.acme.revoke import revoke
+
+    (config,) = certificates(load_config(args.config).acme, [args.name])
+    print(revoke(config, args.reason), file=sys.stderr)
+    return EXIT_OK
+
+
+def run_rollover(args: argparse.Namespace) -> int:
+    from aistack.acme.rollover import roll_over
+
+    # The account is the section's, shared by every certificate.
+    print(roll_over(load_config(args.config).acme), file=sys.stderr)
     return EXIT_OK

@@ -59,11 +59,14 @@ def decide(
     *,
     ari_window: tuple[datetime.datetime, datetime.datetime] | None = None,
     force: bool = False,
+    revoked: bool = False,
 ) -> Due:
     if installed is None:
         return Due(True, "no certificate installed")
     if installed.placeholder:
         return Due(True, "only the placeholder is installed")
+    if revoked:
+        return Due(True, "revoked")
     if force:
         return Due(True, "forced")
     if installed.key_type != key_type:

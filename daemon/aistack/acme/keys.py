@@ -72,6 +72,15 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new file in `path` durable."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def account_jwk(key: PrivateKey) -> tuple[jose.JWK, jose.JWASignature]:
     """The JWK and the signature algorithm the account key signs with (RFC 7518)."""
     import josepy as jose  # only an order signs: a not-due run never loads it

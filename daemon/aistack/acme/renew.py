@@ -13,6 +13,7 @@ longer) so a broken setup does not hammer the CA's rate limits.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -46,6 +47,16 @@ class CertificateState:
     next_attempt: str | None = None
     deploy_hook_failures_total: int = 0
     last_deploy_hook_error: str | None = None
+    # The last certificate `acme revoke` revoked: {"serial": hex, "at": ISO 8601, "reason"}.
+    revoked: dict[str, str] | None = None
+
+    def revokes(self, installed: certfiles.Installed | None) -> bool:
+        """Whether the installed certificate is the one revoked (then it is due)."""
+        return (
+            installed is not None
+            and self.revoked is not None
+            and self.revoked.get("serial") == f"{installed.serial_number:x}"
+        )
 
     @classmethod
     def load(cls, path: Path) -> CertificateState:
@@ -151,9 +162,7 @@ def renew(
     installed = certfiles.read_installed(cert_dir, name, facts_path(config))
     state = CertificateState.load(state_path(config))
 
-    offline = decide(
-        installed, config.domains, config.key_type, config.renew_before_days, now, force=force
-    )
+    offline = judge(config, installed, state, now, force=force)
     if installed is not None and not offline.due:
         # Not due by the certificate's lifetime: the CA may still want it early (ARI).
         try:
@@ -164,20 +173,35 @@ def renew(
             return Outcome(name, "not-due", offline, not_after=installed.not_after)
         due = offline
         if window is not None:
-            due = decide(
-                installed,
-                config.domains,
-                config.key_type,
-                config.renew_before_days,
-                now,
-                ari_window=window,
-            )
+            due = judge(config, installed, state, now, ari_window=window)
         if not due.due:
             log.info("acme.not_due", certificate=name, renew_at=_stamp(due.renew_at))
             return Outcome(name, "not-due", due, not_after=installed.not_after)
     else:
         due = offline
     return _renew_due(config, due, state, installed, now, force)
+
+
+def judge(
+    config: AcmeConfig,
+    installed: certfiles.Installed | None,
+    state: CertificateState,
+    now: datetime.datetime,
+    *,
+    force: bool = False,
+    ari_window: ari.Window | None = None,
+) -> Due:
+    """`decide` for this certificate's configuration and state."""
+    return decide(
+        installed,
+        config.domains,
+        config.key_type,
+        config.renew_before_days,
+        now,
+        ari_window=ari_window,
+        force=force,
+        revoked=state.revokes(installed),
+    )
 
 
 def dry_run(config: AcmeConfig) -> Outcome:
@@ -238,7 +262,9 @@ def _renew_due(
     log.info("acme.renewing", certificate=name, reason=due.reason)
     try:
         acme = AcmeClient(config, Path(config.state_dir))
-        fullchain, key_pem = _issue_with_retries(acme, config)
+        # Not for a placeholder or a first issue: only a CA's certificate has an ARI id.
+        replaces = installed.renewal_id if installed and not installed.placeholder else None
+        fullchain, key_pem = _issue_with_retries(acme, config, replaces)
     except AcmeFailure as failure:
         return _failed(config, state, due, failure, now, installed)
     try:
@@ -292,12 +318,11 @@ def _deploy(config: AcmeConfig, state: CertificateState) -> str | None:
     return error
 
 
-def _issue_with_retries(acme: AcmeClient, config: AcmeConfig) -> tuple[str, bytes]:
-    import requests
-    from acme import errors, messages
-
+def _issue_with_retries(
+    acme: AcmeClient, config: AcmeConfig, replaces: str | None = None
+) -> tuple[str, bytes]:
     from aistack.acme.challenges import ChallengeSetupError, open_responder
-    from aistack.acme.protocol import AcmeFailure, problem_of
+    from aistack.acme.protocol import CA_ERRORS, AcmeFailure, as_failure
 
     attempt = 0
     while True:
@@ -305,21 +330,13 @@ def _issue_with_retries(acme: AcmeClient, config: AcmeConfig) -> tuple[str, byte
         key_pem = keys.to_pem(keys.generate(config.key_type))
         try:
             acme.register()
-            fullchain = acme.issue(
-                config.domains, key_pem, lambda: open_responder(config), config.profile
-            )
+            responder = functools.partial(open_responder, config)
+            fullchain = acme.issue(config.domains, key_pem, responder, config.profile, replaces)
             return fullchain, key_pem
         except ChallengeSetupError as error:
             raise AcmeFailure(str(error), retryable=False) from None
-        except messages.Error as error:
-            failure = AcmeFailure(
-                f"the CA answered {error.typ}: {error.detail}",
-                problem_of(error),
-                acme.net.last_retry_after,
-                retryable=error.code in ("badNonce", "rateLimited", "serverInternal"),
-            )
-        except (requests.RequestException, errors.Error) as error:
-            failure = AcmeFailure(f"talking to the CA failed: {error}")
+        except CA_ERRORS as error:
+            failure = as_failure(error, acme.net)
         except AcmeFailure as error:
             failure = error
         pause = (

@@ -13,8 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aistack.acme import certfiles
-from aistack.acme.due import decide
-from aistack.acme.renew import CertificateState, facts_path, state_path
+from aistack.acme.account import AccountStore
+from aistack.acme.renew import CertificateState, facts_path, judge, state_path
 from aistack.config import AcmeConfig
 from aistack.observability.textfile import write_textfile
 
@@ -29,6 +29,7 @@ class CertificateStatus:
     renew_at: datetime.datetime | None
     due_reason: str
     state: CertificateState
+    account_key_rolled_over: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,8 @@ class CertificateStatus:
             "next_attempt": self.state.next_attempt,
             "deploy_hook_failures_total": self.state.deploy_hook_failures_total,
             "last_deploy_hook_error": self.state.last_deploy_hook_error,
+            "revoked": self.state.revoked,
+            "account_key_rolled_over": self.account_key_rolled_over,
         }
 
 
@@ -56,7 +59,8 @@ def certificate_status(
     now = now or datetime.datetime.now(datetime.UTC)
     name = config.certificate_name
     installed = certfiles.read_installed(Path(config.cert_dir), name, facts_path(config))
-    due = decide(installed, config.domains, config.key_type, config.renew_before_days, now)
+    state = CertificateState.load(state_path(config))
+    due = judge(config, installed, state, now)
     return CertificateStatus(
         name=config.certificate_name,
         domains=list(config.domains),
@@ -65,7 +69,10 @@ def certificate_status(
         not_after=installed.not_after if installed else None,
         renew_at=due.renew_at,
         due_reason=due.reason,
-        state=CertificateState.load(state_path(config)),
+        state=state,
+        account_key_rolled_over=AccountStore(
+            Path(config.state_dir), config.directory
+        ).rolled_over(),
     )
 
 
@@ -85,6 +92,14 @@ def format_status(status: CertificateStatus) -> str:
         f"  last success: {stamp(status.state.last_success)}",
         f"  renewals: {status.state.renewals_total}, failures: {status.state.failures_total}",
     ]
+    if status.state.revoked:
+        revoked = status.state.revoked
+        lines.append(
+            f"  revoked: serial {revoked.get('serial')} at {revoked.get('at')}"
+            f" ({revoked.get('reason')})"
+        )
+    if status.account_key_rolled_over:
+        lines.append(f"  account key: rolled over at {status.account_key_rolled_over}")
     if status.state.last_deploy_hook_error:
         lines.append(
             f"  deploy hook: {status.state.last_deploy_hook_error} "
