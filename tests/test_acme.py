@@ -21,14 +21,17 @@ from cryptography.x509 import verification
 from aistack.acme import certfiles
 from aistack.acme.renew import CertificateState, renew, state_path
 from aistack.config import AcmeConfig, validate_config
-from tests.pebble import Pebble, free_port, running_pebble
+from tests.pebble import Pebble, ari_pebble, free_port, running_pebble
 
 DOMAIN = "www.aistack.test"
 
 
-@pytest.fixture(scope="module")
-def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pebble]:
-    yield from running_pebble(tmp_path_factory.mktemp("pebble"))
+@pytest.fixture(scope="module", params=["2.4", "2.6"])
+def pebble(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Pebble]:
+    """Debian bookworm's pebble 2.4 and trixie's 2.6 (which serves ARI): every test that
+    takes this fixture runs against both."""
+    binary = ari_pebble() if request.param == "2.6" else "pebble"
+    yield from running_pebble(tmp_path_factory.mktemp(f"pebble-{request.param}"), binary=binary)
 
 
 def acme_settings(tmp_path: Path, pebble: Pebble, **overrides: object) -> dict[str, object]:
