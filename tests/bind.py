@@ -23,6 +23,9 @@ from tests.tools import tool_missing
 
 ZONE = "aistack.test"
 KEY_NAME = "acme-update"
+# A second key allowed to update, with the one algorithm whose DNS name is not its short
+# name (hmac-md5.sig-alg.reg.int.): that mapping is ours.
+MD5_KEY_NAME = "acme-update-md5"
 
 
 @dataclass
@@ -39,6 +42,9 @@ class Bind:
         self.secret = self.secret or base64.b64encode(secrets.token_bytes(32)).decode()
         self.key_file = self.directory / "tsig.secret"
         self.key_file.write_text(self.secret + "\n")
+        self.md5_secret = base64.b64encode(secrets.token_bytes(16)).decode()
+        self.md5_key_file = self.directory / "tsig-md5.secret"
+        self.md5_key_file.write_text(self.md5_secret + "\n")
         self.process: subprocess.Popen[bytes] | None = None
         self.log: BinaryIO | None = None
 
@@ -68,10 +74,15 @@ class Bind:
             # Every test name resolves, as pebble-challtestsrv's -defaultIPv4 does.
             f"* IN A 127.0.0.1\n"
         )
-        update = f'allow-update {{ key "{KEY_NAME}"; }};' if self.allow_update else ""
+        update = (
+            f'allow-update {{ key "{KEY_NAME}"; key "{MD5_KEY_NAME}"; }};'
+            if self.allow_update
+            else ""
+        )
         config = self.directory / "named.conf"
         config.write_text(
             f'key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};\n'
+            f'key "{MD5_KEY_NAME}" {{ algorithm hmac-md5; secret "{self.md5_secret}"; }};\n'
             "options {\n"
             f'  directory "{self.directory}";\n'
             f'  pid-file "{self.directory}/named.pid";\n'

@@ -105,9 +105,9 @@ def revoke_elsewhere(config: AcmeConfig, certificate: certfiles.Installed) -> No
     """Revoke as another tool would (certbot revoke): nothing of ours records it."""
     from aistack.acme.protocol import AcmeClient
 
-    acme = AcmeClient(config, Path(config.state_dir))
-    acme.register()
-    acme.client.revoke(certificate.certificate(), 4)
+    with AcmeClient(config, Path(config.state_dir)) as acme:
+        acme.register()
+        acme.client.revoke(certificate.certificate(), 4)
 
 
 def test_a_certificate_revoked_at_the_ca_is_renewed_at_once_by_its_ari_window(tmp_path, pebble26):

@@ -130,3 +130,17 @@ def test_only_certificates_without_acme_domains(tmp_path, pebble):
     result = aistack("acme", "renew", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["changed api", "changed grafana"]
+
+
+def test_an_unexpected_error_in_one_certificate_leaves_the_others_renewed(tmp_path, pebble):
+    # A file where the certificate's versions go: installing even its placeholder fails.
+    (tmp_path / "certs" / ".versions").mkdir(parents=True)
+    (tmp_path / "certs" / ".versions" / "api").write_text("in the way\n")
+    path = config_file(tmp_path, pebble, certificates=CERTIFICATES)
+    result = aistack("acme", "renew", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [f"changed {DOMAIN}", "changed grafana"]
+    assert "api failed (unexpected: FileExistsError" in result.stderr
+    crashed = next(line for line in result.stderr.splitlines() if "acme.renewal_crashed" in line)
+    assert "certificate=api" in crashed and 'exception="FileExistsError' in crashed
+    assert "where=" in crashed  # an error nobody expected keeps its place in the log

@@ -18,7 +18,7 @@ from aistack.acme.challenges import ChallengeSetupError
 from aistack.acme.dns01 import Rfc2136Publisher, Server, tsig_secret
 from aistack.acme.renew import CertificateState, renew, state_path
 from aistack.config import AcmeConfig, ConfigError, Rfc2136Dns, validate_config
-from tests.bind import KEY_NAME, Bind, running_bind
+from tests.bind import KEY_NAME, MD5_KEY_NAME, Bind, running_bind
 from tests.pebble import Pebble, free_port, running_pebble
 from tests.test_acme import aistack
 from tests.tools import tool_missing
@@ -131,7 +131,9 @@ def test_the_zones_authoritative_servers_are_checked_by_default(bind):
     assert publisher.default_servers(f"{RECORD}.") == [Server("ns.aistack.test", "127.0.0.1", 53)]
 
 
-def nsupdate_script(tmp_path: Path, bind: Bind, fail: str = "") -> tuple[Path, Path]:
+def nsupdate_script(
+    tmp_path: Path, bind: Bind, fail: str = "", fail_after: str = ""
+) -> tuple[Path, Path]:
     """An exec provider that really updates bind, through nsupdate, and logs its calls."""
     if shutil.which("nsupdate") is None:
         tool_missing("nsupdate", "apt-get install bind9-dnsutils")
@@ -148,6 +150,7 @@ def nsupdate_script(tmp_path: Path, bind: Bind, fail: str = "") -> tuple[Path, P
         'update $op TXT "$3"\n'
         "send\n"
         "EOF\n"
+        f"{fail_after}\n"
     )
     script.chmod(0o755)
     return script, calls
@@ -192,6 +195,32 @@ def test_a_cleanup_that_fails_is_logged_and_the_certificate_stays(tmp_path, pebb
     assert "exited 3: API down" in result.stderr
     # The record it could not remove is still there: the warning tells the truth.
     assert len(bind.txt("_acme-challenge.cleanup.aistack.test")) == 1
+
+
+def test_rfc2136_signs_with_hmac_md5(tmp_path, pebble, bind):
+    dns = bind.dns_settings(
+        tsig_key_name=MD5_KEY_NAME, tsig_algorithm="hmac-md5", tsig_key_file=str(bind.md5_key_file)
+    )
+    config = dns_config(tmp_path, pebble, dns)
+    assert renew(config).action == "renewed"
+    assert_issued_for_the_wildcard(config, pebble)
+
+
+def test_a_present_that_failed_after_adding_its_record_is_cleaned_up(tmp_path, pebble, bind):
+    # The program's API call went through, then it failed (a timeout reading the answer):
+    # the record stands, and is removed as lego removes it.
+    script, calls = nsupdate_script(
+        tmp_path, bind, fail_after='[ "$1" = present ] && { echo "read timeout" >&2; exit 1; }'
+    )
+    exec_dns = {"provider": "exec", "command": str(script), "check_servers": [bind.address]}
+    config = dns_config(tmp_path, pebble, exec_dns, domains=["late.aistack.test"])
+    outcome = renew(config)
+    assert outcome.action == "failed" and outcome.error and "read timeout" in outcome.error
+    assert [line.split(" ")[0] for line in calls.read_text().splitlines()] == [
+        "present",
+        "cleanup",
+    ]
+    assert bind.txt("_acme-challenge.late.aistack.test") == set()
 
 
 # -- failures: each keeps the old certificate, with one line saying what to fix --------

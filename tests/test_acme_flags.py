@@ -86,3 +86,29 @@ def test_a_bad_flag_is_a_usage_error_and_creates_nothing(tmp_path, flags, messag
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not certs.exists() and not state.exists()
+
+
+def test_webroot_and_deploy_hook_flags_apply_to_every_certificate(tmp_path, pebble, webroot):
+    # `api` binds pebble's HTTP port itself by its own settings, where the webroot's server
+    # already listens: only --webroot makes it answer from the webroot instead.
+    api = {"domains": ["api.aistack.test"], "challenge": "standalone"}
+    path = config_file(tmp_path, pebble, certificates={"api": api})
+    hooked = tmp_path / "hooked"
+    flags = ("--webroot", str(webroot), "--deploy-hook", f'echo "$AISTACK_CERTIFICATE" >> {hooked}')
+    result = aistack("acme", "renew", "--config", str(path), *flags)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"changed {DOMAIN}", "changed api"]
+    assert hooked.read_text().splitlines() == [DOMAIN, "api"]
+
+
+def test_a_flag_that_does_not_fit_a_certificate_is_a_usage_error(tmp_path, pebble):
+    wildcard = {
+        "domains": ["*.aistack.test"],
+        "challenge": "dns-01",
+        "dns": {"provider": "exec", "command": "/bin/true"},
+    }
+    path = config_file(tmp_path, pebble, certificates={"wild": wildcard})
+    result = aistack("acme", "renew", "--config", str(path), "--webroot", str(tmp_path))
+    assert result.returncode == 2
+    assert "aistack: wild: '*.aistack.test' is a wildcard, and only DNS-01" in result.stderr
+    assert not (tmp_path / "certs").exists()

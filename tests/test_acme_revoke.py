@@ -79,6 +79,26 @@ def test_revoking_twice_is_refused_by_the_ca_and_changes_nothing(tmp_path, pebbl
     assert state_path(config).read_bytes() == state
 
 
+def test_a_revocation_the_state_does_not_know_of_is_recorded_from_the_ca(tmp_path, pebble):
+    # As after a run that died between the CA's yes and writing the state.
+    path = config_file(tmp_path, pebble)
+    config = acme_config(tmp_path, pebble)
+    aistack("acme", "renew", "--config", str(path))
+    assert aistack("acme", "revoke", NAME, "--config", str(path)).returncode == 0
+    state = json.loads(state_path(config).read_text())
+    state["revoked"] = None
+    state_path(config).write_text(json.dumps(state))
+    again = aistack("acme", "revoke", NAME, "--config", str(path))
+    assert again.returncode == 0, again.stderr
+    assert "(already revoked at the CA); the next acme renew replaces it" in again.stderr
+    assert json.loads(state_path(config).read_text())["revoked"]["reason"] == (
+        "already revoked at the CA"
+    )
+    renewed = aistack("acme", "renew", "--config", str(path))
+    assert renewed.returncode == 0 and renewed.stdout == f"changed {NAME}\n"
+    assert "(revoked)" in renewed.stderr
+
+
 @pytest.mark.parametrize("placeholder", [False, True], ids=["nothing", "placeholder"])
 def test_nothing_to_revoke_is_a_one_line_error_that_changes_nothing(tmp_path, pebble, placeholder):
     path = config_file(tmp_path, pebble)

@@ -5,6 +5,8 @@ a client that still works (the process killed at a failpoint)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,12 +149,12 @@ def test_a_ca_gone_mid_rollover_keeps_both_keys(tmp_path_factory, tmp_path):
 
     for server in running_pebble(tmp_path_factory.mktemp("gone")):
         config = acme_config(tmp_path, server)
-        acme = AcmeClient(config, Path(config.state_dir))
-        acme.register()
-        old_key = acme.accounts.key_file.read_bytes()
-        server.stop()
-        with pytest.raises(Failure) as failed:
-            roll_over_with(acme)
+        with AcmeClient(config, Path(config.state_dir)) as acme:
+            acme.register()
+            old_key = acme.accounts.key_file.read_bytes()
+            server.stop()
+            with pytest.raises(Failure) as failed:
+                roll_over_with(acme)
         assert "talking to the CA failed" in str(failed.value)
         assert str(failed.value).endswith(
             "both keys are kept and the next acme command keeps the one the CA holds"
@@ -178,3 +180,30 @@ def test_a_half_done_rollover_the_ca_cannot_settle_keeps_both_keys(tmp_path_fact
         assert "badNonce" in str(failed.value)
         assert account.key_file.read_bytes() == old_key
         assert account.next_key_file.read_bytes() == pending
+
+
+def test_a_process_waits_for_the_one_that_holds_the_account(tmp_path, pebble):
+    # A rollover in flight holds the account's lock while it waits for the CA; another
+    # process (the timer's renewal) must wait, not settle and throw away the new key.
+    path = config_file(tmp_path, pebble)
+    config = acme_config(tmp_path, pebble)
+    assert aistack("acme", "renew", "--config", str(path)).returncode == 0
+    store = AccountStore(Path(config.state_dir), config.directory)
+    released = tmp_path / "released"
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time; from pathlib import Path;"
+            "from aistack.acme.account import AccountStore;"
+            "AccountStore(Path(sys.argv[1]), sys.argv[2]).lock(); print('locked', flush=True);"
+            "time.sleep(3); Path(sys.argv[3]).write_text('yes')",
+            config.state_dir, config.directory, str(released),
+        ],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    assert (store.path / ".lock").exists()
+    forced = aistack("acme", "renew", "--config", str(path), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert released.exists()  # it ran only after the holder let go
+    holder.communicate(timeout=10)

@@ -154,7 +154,7 @@ def test_full_configuration_units_timers_and_hardening():
 
     acme = services["aistack-acme"]["serviceConfig"]
     assert " acme renew --config " in acme["ExecStart"]
-    assert acme["ExecStartPost"] == [
+    assert acme["ExecStopPost"] == [
         acme["ExecStart"].split(" acme ")[0].replace("/nix", "+/nix", 1)
         + " acme reload --config "
         + acme["ExecStart"].split("--config ")[1].split()[0]
@@ -170,8 +170,8 @@ def test_full_configuration_units_timers_and_hardening():
     assert dry_run["serviceConfig"]["ExecStart"] == (
         acme["ExecStart"].split(" --metrics-file")[0] + " --dry-run"
     )
-    assert "ExecStartPost" not in dry_run["serviceConfig"]
-    same = {k: v for k, v in acme.items() if k not in ("ExecStart", "ExecStartPost")}
+    assert "ExecStopPost" not in dry_run["serviceConfig"]
+    same = {k: v for k, v in acme.items() if k not in ("ExecStart", "ExecStopPost")}
     assert {k: v for k, v in dry_run["serviceConfig"].items() if k != "ExecStart"} == same
     assert dry_run["after"] == services["aistack-acme"]["after"]
     placeholder = services["aistack-acme-placeholder"]
@@ -232,7 +232,7 @@ def test_several_certificates_each_with_its_files_reloads_and_virtual_hosts():
     assert resolved["grafana"].key_type == "ec256"
 
     service = out["services"]["aistack-acme"]["serviceConfig"]
-    reloads = [line.split(" --cert-name ")[1] for line in service["ExecStartPost"]]
+    reloads = [line.split(" --cert-name ")[1] for line in service["ExecStopPost"]]
     assert sorted(reloads) == [
         "ai.example.org nginx.service",
         "api nginx.service",
@@ -289,15 +289,22 @@ def test_dns_01_with_a_wildcard_gets_the_tsig_key_as_a_credential_and_no_port_80
     assert hosts["wildcard"]["sslCertificate"] == "/var/lib/aistack/certs/wildcard/fullchain.pem"
 
 
-def test_an_exec_dns_program_is_rendered_by_its_store_path():
+def test_an_exec_dns_program_gets_its_secrets_from_an_environment_file():
     out = evaluate(
         "{ services.aiStack = { enable = true; acme = { enable = true; acceptTerms = true;"
-        ' domains = [ "a.example" ]; challenge = "dns-01";'
-        ' dns = { provider = "exec"; command = "/etc/dns-hook"; }; }; }; }'
+        ' domains = [ "a.example" ]; challenge = "dns-01"; dns = { provider = "exec";'
+        ' command = "/etc/dns-hook"; environmentFile = "/run/secrets/dns-api"; }; }; }; }'
     )
     assert out["failedAssertions"] == []
     dns = validate_config(out["settings"]).acme.dns
     assert dns is not None and dns.provider == "exec" and dns.command == "/etc/dns-hook"
+    service = out["services"]["aistack-acme"]["serviceConfig"]
+    assert service["EnvironmentFile"] == ["/run/secrets/dns-api"]
+
+
+def test_aistack_manage_gets_the_acme_units_credentials():
+    manage = evaluate(DNS_01)["manage"]
+    assert "--property='LoadCredential=acme-tsig:/run/secrets/acme-tsig'" in manage
 
 
 def test_the_local_qdrant_gets_a_generated_key_as_a_credential():
@@ -548,6 +555,12 @@ def test_assertions_say_what_to_do(configuration, message):
             "not in the Nix store",
         ),
         ("{ services.aiStack.acme.eab.hmacKeyFile = ./eab; }", "not in the Nix store"),
+        # Each certificate's port-80 virtual host is "<name>-http".
+        (
+            '{ services.aiStack.acme = { nginx.enable = true; certs.api.domains = [ "a.example" ];'
+            ' certs.api-http.domains = [ "b.example" ]; }; }',
+            "virtualHosts.api-http.* has conflicting definition values",
+        ),
         (
             '{ services.aiStack.acme.dns = { provider = "rfc2136"; tsigKeyFile = ./tsig; }; }',
             "not in the Nix store",
@@ -572,7 +585,7 @@ def test_standalone_challenge_gets_port_80_and_nothing_else():
     acme = out["services"]["aistack-acme"]["serviceConfig"]
     assert acme["AmbientCapabilities"] == "CAP_NET_BIND_SERVICE"
     assert acme["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
-    assert "ExecStartPost" not in acme or acme["ExecStartPost"] == []
+    assert "ExecStopPost" not in acme or acme["ExecStopPost"] == []
     assert out["nginx"]["enable"] is False
 
 

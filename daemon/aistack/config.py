@@ -641,6 +641,19 @@ class AcmeConfig(Section):
         resolved._name = name
         return resolved
 
+    def with_settings(self, **update: Any) -> AcmeConfig:
+        """This certificate with `update` on top of its own keys, validated again: what a
+        command-line flag does to every certificate. ConfigError naming it if invalid."""
+        try:
+            resolved = AcmeConfig.model_validate(
+                {**self.model_dump(exclude={"certificates"}), **update}
+            )
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise ConfigError(f"{self.certificate_name}: {_strip_prefix(problem['msg'])}") from None
+        resolved._name = self._name
+        return resolved
+
     def each_certificate(self) -> list[AcmeConfig]:
         """Every certificate, one AcmeConfig each: the one `domains` names (if any) first."""
         certificates = list(self._certificates)

@@ -47,6 +47,9 @@ let
   webrootUsed = lib.elem "webroot" challenges;
   dnsUsed = lib.elem "dns-01" challenges;
   rfc2136 = cfg.dns.provider == "rfc2136";
+  acmeCredentials =
+    lib.optional (cfg.eab.hmacKeyFile != null) "acme-eab-hmac:${cfg.eab.hmacKeyFile}"
+    ++ lib.optional (rfc2136 && cfg.dns.tsigKeyFile != null) "acme-tsig:${cfg.dns.tsigKeyFile}";
   dnsSettings =
     if rfc2136 then
       {
@@ -160,7 +163,7 @@ in
         description = "`rfc2136`: the TSIG key's name.";
       };
       tsigAlgorithm = mkOption {
-        type = types.str;
+        type = types.enum [ "hmac-sha256" "hmac-sha384" "hmac-sha512" "hmac-sha224" "hmac-sha1" "hmac-md5" ];
         default = "hmac-sha256";
         description = "`rfc2136`: the TSIG key's algorithm.";
       };
@@ -179,6 +182,20 @@ in
         type = types.nullOr types.path;
         default = null;
         description = "`exec`: the program that adds (`present`) and removes (`cleanup`) a TXT record.";
+      };
+      environmentFile = mkOption {
+        type = types.nullOr (
+          types.pathWith {
+            inStore = false;
+            absolute = true;
+          }
+        );
+        default = null;
+        example = "/run/secrets/dns-api";
+        description = ''
+          `exec`: a file of `NAME=value` lines (`EnvironmentFile=`) for the program, e.g. the
+          DNS provider's API token, which must not be written into the program (the store).
+        '';
       };
     };
 
@@ -383,6 +400,9 @@ in
       }
       // lib.optionalAttrs (cfg.dns.provider != null) { dns = dnsSettings; };
       services.aiStack.acme.reloadServices = lib.optional cfg.nginx.enable "nginx.service";
+      services.aiStack.manageProperties =
+        map (c: "LoadCredential=${c}") acmeCredentials
+        ++ lib.optional (cfg.dns.environmentFile != null) "EnvironmentFile=${cfg.dns.environmentFile}";
 
       # Readable by nginx's workers, which serve the tokens.
       systemd.tmpfiles.rules = [ "d ${webroot} 0755 ${top.user} ${top.group} - -" ];
@@ -417,8 +437,10 @@ in
           ExecStart =
             "${exe} acme renew --config ${top.configFile}"
             + lib.optionalString (top.metricsDirectory != null) " --metrics-file ${metricsFile}";
-          # "+": as root, to reload other units; each only if its certificate changed.
-          ExecStartPost = lib.concatLists (
+          # "+": as root, to reload other units; each only if its certificate changed. After
+          # the run whatever its exit (ExecStopPost, not ExecStartPost, which a failed run
+          # skips): one certificate failing must not keep the others' consumers on old ones.
+          ExecStopPost = lib.concatLists (
             lib.mapAttrsToList (
               certName: cert:
               let
@@ -430,11 +452,9 @@ in
               )
             ) allCerts
           );
-          # Only this unit gets the EAB and TSIG keys.
-          LoadCredential =
-            top.credentials
-            ++ lib.optional (cfg.eab.hmacKeyFile != null) "acme-eab-hmac:${cfg.eab.hmacKeyFile}"
-            ++ lib.optional (rfc2136 && cfg.dns.tsigKeyFile != null) "acme-tsig:${cfg.dns.tsigKeyFile}";
+          # Only this unit (and aistack-manage) gets the EAB and TSIG keys.
+          LoadCredential = top.credentials ++ acmeCredentials;
+          EnvironmentFile = lib.optional (cfg.dns.environmentFile != null) cfg.dns.environmentFile;
           ReadWritePaths = [ webroot ] ++ lib.optional (top.metricsDirectory != null) top.metricsDirectory;
           # Certificates are 0644 (keys 0600 whatever the umask); node_exporter reads the metrics.
           UMask = "0022";
@@ -454,7 +474,7 @@ in
         description = "aistack: rehearse an issuance against the staging CA, keep nothing";
         inherit (config.systemd.services.aistack-acme) wants after;
         serviceConfig = removeAttrs config.systemd.services.aistack-acme.serviceConfig [
-          "ExecStartPost"
+          "ExecStopPost"
         ] // {
           ExecStart = "${exe} acme renew --config ${top.configFile} --dry-run";
         };

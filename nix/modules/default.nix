@@ -52,6 +52,7 @@ let
     exec ${pkgs.systemd}/bin/systemd-run --quiet --pipe --wait --collect \
       --property=User=${cfg.user} --property=Group=${cfg.group} \
       ${lib.concatMapStringsSep " " (c: "--property=LoadCredential=${lib.escapeShellArg c}") cfg.credentials} \
+      ${lib.concatMapStringsSep " " (p: "--property=${lib.escapeShellArg p}") cfg.manageProperties} \
       ${lib.getExe cfg.package} "$@" --config ${checkedConfig}
   '';
 
@@ -203,6 +204,13 @@ in
       internal = true;
       default = [ ];
       description = "`LoadCredential=` entries shared by every aistack unit.";
+    };
+
+    manageProperties = mkOption {
+      type = types.listOf types.str;
+      internal = true;
+      default = [ ];
+      description = "More unit properties of `aistack-manage` (a capability's own credentials).";
     };
   };
 

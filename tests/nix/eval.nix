@@ -44,7 +44,11 @@ let
     };
     aistack = package;
     systemd = { outPath = "/nix/store/00000000000000000000000000000000-systemd"; };
-    writeShellScriptBin = name: _text: { outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
+    # The text is kept: a test reads what the admin's command passes to systemd-run.
+    writeShellScriptBin = name: text: {
+      outPath = "/nix/store/00000000000000000000000000000000-${name}";
+      inherit name text;
+    };
   };
 
   evaluated = lib.evalModules {
@@ -78,4 +82,8 @@ in
   postgresql = config.services.postgresql;
   qdrant = config.services.qdrant;
   nginx = config.services.nginx;
+  # The text of the admin's command, as the stub of writeShellScriptBin keeps it.
+  manage =
+    (lib.findFirst (p: (p.name or "") == "aistack-manage") { } config.environment.systemPackages)
+    .text or "";
 }

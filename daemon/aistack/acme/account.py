@@ -23,6 +23,12 @@ from aistack.observability.logs import EventLog
 log = EventLog("acme")
 
 
+# Account directories this process holds the lock of, and how many holders it has here:
+# flock() locks belong to an open file, so a second holder in the same process must not
+# open and lock it again (it would wait for itself).
+_LOCKED: dict[Path, tuple[int, int]] = {}
+
+
 class AccountStore:
     def __init__(self, state_dir: Path, directory_url: str) -> None:
         from urllib.parse import urlsplit
@@ -32,6 +38,28 @@ class AccountStore:
         self.key_file = self.path / "key.pem"
         self.next_key_file = self.path / "key.next.pem"
         self.registration_file = self.path / "registration.json"
+
+    def lock(self) -> None:
+        """Hold the account's lock (until `unlock`), waiting for another process that
+        holds it: a renewal must not settle (and throw away) the new key of a rollover
+        whose answer another process is still waiting for."""
+        import fcntl
+
+        if self.path in _LOCKED:
+            descriptor, holders = _LOCKED[self.path]
+            _LOCKED[self.path] = (descriptor, holders + 1)
+            return
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        _LOCKED[self.path] = (descriptor, 1)
+
+    def unlock(self) -> None:
+        descriptor, holders = _LOCKED.pop(self.path)
+        if holders > 1:
+            _LOCKED[self.path] = (descriptor, holders - 1)
+        else:
+            os.close(descriptor)  # which releases the flock
 
     def load_key(self) -> keys.PrivateKey:
         if self.key_file.exists():

@@ -31,7 +31,7 @@ def register(commands: Any) -> None:
 
     renew = acme_commands.add_parser(
         "renew",
-        help="issue or renew the certificate when due; exit 0 also when nothing was due",
+        help="issue or renew each certificate that is due; exit 0 also when nothing was due",
         description="Prints one line per certificate: NAME renewed|not-due|waiting|failed. "
         "A line 'changed NAME' on stdout says consumers (nginx, the gateway) must reload.",
     )
@@ -42,11 +42,17 @@ def register(commands: Any) -> None:
         "certbot's flags", "on top of the configuration file's acme keys, or without one"
     )
     roadmap.add_argument(
-        "--domain", action="append", dest="domains", metavar="NAME", help="repeatable"
+        "--domain",
+        action="append",
+        dest="domains",
+        metavar="NAME",
+        help="repeatable: the names of the acme section's own certificate (acme.domains)",
     )
     roadmap.add_argument("--email", metavar="ADDRESS")
     roadmap.add_argument("--staging", action="store_true", help="Let's Encrypt's staging directory")
-    roadmap.add_argument("--webroot", metavar="DIR", help="answer HTTP-01 from DIR")
+    roadmap.add_argument(
+        "--webroot", metavar="DIR", help="answer HTTP-01 from DIR, for every certificate"
+    )
     roadmap.add_argument(
         "--agree-tos",
         "--accept-terms",
@@ -82,7 +88,7 @@ def register(commands: Any) -> None:
 
     placeholder = acme_commands.add_parser(
         "placeholder",
-        help="put a self-signed placeholder where the certificate goes, if none is there yet",
+        help="put a self-signed placeholder where each certificate goes, if none is there yet",
     )
     config_argument(placeholder)
     cert_name_argument(placeholder)
@@ -90,7 +96,7 @@ def register(commands: Any) -> None:
 
     reload = acme_commands.add_parser(
         "reload",
-        help="reload these units if the last renewal changed the certificate (then forget it)",
+        help="reload these units if the last renewal changed a certificate (then forget it)",
     )
     config_argument(reload)
     cert_name_argument(reload)
@@ -112,7 +118,11 @@ def register(commands: Any) -> None:
         "revoke",
         help="revoke the installed certificate NAME; the next acme renew replaces it",
     )
-    revoke.add_argument("name", metavar="NAME", help="the certificate (its first domain)")
+    revoke.add_argument(
+        "name",
+        metavar="NAME",
+        help="the certificate: its acme.certificates key, or the first of acme.domains",
+    )
     revoke.add_argument(
         "--reason",
         choices=REVOCATION_REASONS,
@@ -178,27 +188,49 @@ def command_line_acme(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_renew(args: argparse.Namespace) -> int:
-    from aistack.acme.renew import certificates, renew
+    from aistack.acme.renew import certificates
     from aistack.config import acme_config_with
 
     section = acme_config_with(args.config, command_line_acme(args), FLAG_OF)
     chosen = certificates(section, args.cert_names)
+    # What a certificate may set for itself, a flag sets for every certificate; the
+    # other flags set the section's keys (--domain: the section's own certificate).
+    for_each: dict[str, Any] = {}
+    if args.webroot is not None:
+        for_each |= {"challenge": "webroot", "webroot": args.webroot}
     if args.deploy_hook is not None:
-        chosen = [c.model_copy(update={"deploy_hook": args.deploy_hook}) for c in chosen]
+        for_each["deploy_hook"] = args.deploy_hook
+    if for_each:
+        chosen = [certificate.with_settings(**for_each) for certificate in chosen]
     if args.dry_run:
         return _dry_run(chosen)
-    outcomes = []
+    status = EXIT_OK
     try:
         for config in chosen:
-            outcome = renew(config, force=args.force)
-            outcomes.append(outcome)
-            print(outcome.line(), file=sys.stderr)
-            if outcome.changed:
-                print(f"changed {outcome.name}", flush=True)
+            if not _renew_one(config, args.force):
+                status = EXIT_FAILURE
     finally:
         _write_metrics(section, args.metrics_file)
-    failed = [o for o in outcomes if o.action in ("failed", "waiting")]
-    return EXIT_FAILURE if failed else EXIT_OK
+    return status
+
+
+def _renew_one(config: AcmeConfig, force: bool) -> bool:
+    """Renew one certificate if due and say so; False if it failed or is backing off.
+
+    An error no code path expected (a bug, a file in the way) fails this certificate
+    only, with its traceback in the log: the others are still renewed on time."""
+    from aistack.acme.renew import log, renew
+
+    try:
+        outcome = renew(config, force=force)
+    except Exception as error:
+        log.exception("acme.renewal_crashed", certificate=config.certificate_name)
+        print(f"{config.certificate_name} failed (unexpected: {error!r})", file=sys.stderr)
+        return False
+    print(outcome.line(), file=sys.stderr)
+    if outcome.changed:
+        print(f"changed {outcome.name}", flush=True)
+    return outcome.action not in ("failed", "waiting")
 
 
 def _dry_run(chosen: list[AcmeConfig]) -> int:

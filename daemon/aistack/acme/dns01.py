@@ -40,6 +40,16 @@ UPDATE_TIMEOUT_SECONDS = 10.0
 RECORD_TTL = 60
 POLL_FIRST_SECONDS = 0.05
 POLL_MAX_SECONDS = 2.0
+# The config's names (BIND's and lego's) as dnspython knows them: hmac-md5 is the one whose
+# DNS name differs (RFC 8945 section 6).
+TSIG_ALGORITHMS = {
+    "hmac-sha256": dns.tsig.HMAC_SHA256,
+    "hmac-sha384": dns.tsig.HMAC_SHA384,
+    "hmac-sha512": dns.tsig.HMAC_SHA512,
+    "hmac-sha224": dns.tsig.HMAC_SHA224,
+    "hmac-sha1": dns.tsig.HMAC_SHA1,
+    "hmac-md5": dns.tsig.HMAC_MD5,
+}
 # tsig-keygen writes `key "NAME" { algorithm ...; secret "BASE64"; };`: accepted as is.
 BIND_KEY_SECRET = re.compile(r'secret\s+"([^"]+)"')
 
@@ -92,7 +102,9 @@ class Rfc2136Publisher:
     def __init__(self, config: Rfc2136Dns) -> None:
         self.config = config
         self.server = resolve_server(config.server)
-        self.key = dns.tsig.Key(config.tsig_key_name, tsig_secret(config), config.tsig_algorithm)
+        self.key = dns.tsig.Key(
+            config.tsig_key_name, tsig_secret(config), TSIG_ALGORITHMS[config.tsig_algorithm]
+        )
         self.zones: dict[str, dns.name.Name] = {}
 
     def present(self, fqdn: str, value: str) -> None:
@@ -342,8 +354,11 @@ class DnsResponder:
 
     def add(self, identifier: str, token: str, validation: str) -> None:
         fqdn = record_name(identifier)
-        self.publisher.present(fqdn, validation)
+        # Noted before it is asked for: a present that failed may still have added the
+        # record (a program that exited 1 after its API call, an update answer lost), and
+        # close() removes it as lego's cleanup does.
         self.published.append((fqdn, validation))
+        self.publisher.present(fqdn, validation)
         log.info("acme.dns_record_published", record=fqdn)
 
     def wait_ready(self) -> None:

@@ -164,19 +164,40 @@ class AcmeClient:
     def __init__(self, config: AcmeConfig, state_dir: Path) -> None:
         self.config = config
         self.accounts = AccountStore(state_dir, config.directory)
+        # The account is this client's until close(): use it in a `with` block.
+        self.accounts.lock()
+        self._open = True
+        try:
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> None:
         self.account_key = self.accounts.load_key()
         self.jwk, algorithm = keys.account_jwk(self.account_key)
         self.net = self._network(self.jwk, algorithm)
         try:
-            directory = client.ClientV2.get_directory(config.directory, self.net)
+            directory = client.ClientV2.get_directory(self.config.directory, self.net)
         except requests.RequestException as error:
             raise AcmeFailure(
-                f"cannot reach the ACME directory {config.directory}: {error}"
+                f"cannot reach the ACME directory {self.config.directory}: {error}"
             ) from None
         self.client = client.ClientV2(directory, self.net)
         pending = self.accounts.pending_key()
         if pending is not None:
             self._settle_rollover(pending)
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self.accounts.unlock()
+
+    def __enter__(self) -> AcmeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _network(self, jwk: jose.JWK, algorithm: jose.JWASignature) -> Network:
         verify: bool | str = self.config.ca_bundle or True
@@ -414,7 +435,10 @@ class AcmeClient:
         try:
             with_nonce_retries(lambda: self._post(url, inner))
         except CA_ERRORS as error:
-            if self.net.refusal(error) is not None:  # a "no": the old key stays
+            refusal = self.net.refusal(error)
+            # A "no" keeps the old key; a CA that failed inside may have made the change,
+            # so both keys stay for the next run to settle.
+            if refusal is not None and refusal.code != "serverInternal":
                 self.accounts.discard_next_key()
             raise
         failpoint("acme.rollover_accepted")

@@ -216,8 +216,8 @@ def dry_run(config: AcmeConfig) -> Outcome:
     due = Due(True, f"dry run against {directory}")
     log.info("acme.dry_run", certificate=name, directory=directory)
     try:
-        acme = AcmeClient(rehearsal, Path(config.state_dir) / "dry-run")
-        fullchain, key_pem = _issue_with_retries(acme, rehearsal)
+        with AcmeClient(rehearsal, Path(config.state_dir) / "dry-run") as acme:
+            fullchain, key_pem = _issue_with_retries(acme, rehearsal)
     except AcmeFailure as failure:
         log.error("acme.dry_run_failed", certificate=name, directory=directory, error=str(failure))
         return Outcome(name, "failed", due, error=str(failure))
@@ -261,10 +261,10 @@ def _renew_due(
 
     log.info("acme.renewing", certificate=name, reason=due.reason)
     try:
-        acme = AcmeClient(config, Path(config.state_dir))
-        # Not for a placeholder or a first issue: only a CA's certificate has an ARI id.
-        replaces = installed.renewal_id if installed and not installed.placeholder else None
-        fullchain, key_pem = _issue_with_retries(acme, config, replaces)
+        with AcmeClient(config, Path(config.state_dir)) as acme:
+            # Not for a placeholder or a first issue: only a CA's certificate has an ARI id.
+            replaces = installed.renewal_id if installed and not installed.placeholder else None
+            fullchain, key_pem = _issue_with_retries(acme, config, replaces)
     except AcmeFailure as failure:
         return _failed(config, state, due, failure, now, installed)
     try:

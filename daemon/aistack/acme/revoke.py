@@ -33,15 +33,21 @@ def revoke(config: AcmeConfig, reason: str, now: datetime.datetime | None = None
     if installed.placeholder:
         raise Failure(f"{name}: only the self-signed placeholder is installed, nothing to revoke")
     serial = f"{installed.serial_number:x}"
-    acme = AcmeClient(config, Path(config.state_dir))
-    try:
-        acme.revoke(installed.certificate(), REVOCATION_REASONS[reason])
-    except CA_ERRORS as error:
-        raise Failure(
-            f"{name}: revoking serial {serial} failed: {as_failure(error, acme.net)}"
-        ) from None
-    now = now or datetime.datetime.now(datetime.UTC)
     state = CertificateState.load(state_path(config))
+    try:
+        with AcmeClient(config, Path(config.state_dir)) as acme:
+            acme.revoke(installed.certificate(), REVOCATION_REASONS[reason])
+    except CA_ERRORS as error:
+        refusal = acme.net.refusal(error)
+        recorded = (state.revoked or {}).get("serial") == serial
+        if refusal is None or refusal.code != "alreadyRevoked" or recorded:
+            raise Failure(
+                f"{name}: revoking serial {serial} failed: {as_failure(error, acme.net)}"
+            ) from None
+        # Revoked by other means, or by a run that died before it wrote so: the CA's word
+        # is enough to record it, so that the next renewal replaces the certificate.
+        reason = "already revoked at the CA"
+    now = now or datetime.datetime.now(datetime.UTC)
     state.revoked = {"serial": serial, "at": now.isoformat(), "reason": reason}
     state.save(state_path(config))
     log.info("acme.revoked", certificate=name, serial=serial, reason=reason)

@@ -17,7 +17,8 @@ def roll_over(config: AcmeConfig) -> str:
     key stays) or could not be asked."""
     from aistack.acme.protocol import AcmeClient
 
-    return roll_over_with(AcmeClient(config, Path(config.state_dir)))
+    with AcmeClient(config, Path(config.state_dir)) as acme:
+        return roll_over_with(acme)
 
 
 def roll_over_with(acme: AcmeClient) -> str:
