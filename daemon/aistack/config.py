@@ -283,11 +283,18 @@ class ValidationConfig(Section):
     rate_limits: list[str] = Field(default=["60/minute", "1000/hour"])
     rate_limit_storage: str = "memory://"
     rate_limit_max_clients: int = Field(default=100_000, ge=1, le=10_000_000)
+    # "log": count and log what would be refused, and answer (nginx's limit_req_dry_run).
+    rate_limit_action: Literal["enforce", "log"] = "enforce"
+    # Networks never limited (monitoring, internal agents), as the client key sees them.
+    rate_limit_exempt: list[str] = Field(default=[])
+    # With Redis down: "closed" answers 503; "open" admits, counting and logging the outage.
+    rate_limit_failure: Literal["closed", "open"] = "closed"
     ipv6_prefix: int = Field(default=64, ge=1, le=128)
     # Payload keys searches may filter on by exact match, per collection.
     filterable: dict[str, list[str]] = Field(default={})
     _rate_windows: tuple[RateWindow, ...] = PrivateAttr()
     _rate_limit_redis_url: str | None = PrivateAttr()
+    _rate_limit_exempt: tuple[Network, ...] = PrivateAttr()
 
     @field_validator("collections")
     @classmethod
@@ -337,6 +344,12 @@ class ValidationConfig(Section):
         parse_rate_limit_storage(value)
         return value
 
+    @field_validator("rate_limit_exempt")
+    @classmethod
+    def _exempt(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
+
     @model_validator(mode="after")
     def _limits(self) -> ValidationConfig:
         if self.default_limit > self.max_limit:
@@ -349,7 +362,12 @@ class ValidationConfig(Section):
     def _parse(self) -> ValidationConfig:
         self._rate_windows = parse_rate_limits(self.rate_limits)
         self._rate_limit_redis_url = parse_rate_limit_storage(self.rate_limit_storage)
+        self._rate_limit_exempt = parse_networks(self.rate_limit_exempt)
         return self
+
+    @property
+    def rate_limit_exempt_networks(self) -> tuple[Network, ...]:
+        return self._rate_limit_exempt
 
     def rate_windows(self) -> list[RateWindow]:
         """(name, quota, window seconds) for each configured limit, shortest window first."""

@@ -22,6 +22,7 @@ from aistack.gateway.embedqueue import EmbeddingQueue
 from aistack.gateway.gate import OPERATIONAL, UNMATCHED, gated
 from aistack.gateway.metrics import GatewayMetrics
 from aistack.gateway.openapi import build_openapi
+from aistack.gateway.quota import QuotaPolicy
 from aistack.gateway.ratelimit import policy_header_value, rate_limiter, windows_from_config
 from aistack.gateway.requests import ContentRules, SearchParser, solutions_query_model
 from aistack.gateway.routes import KEYED_ENDPOINTS, ROUTES
@@ -40,9 +41,10 @@ def create_app(
     validation = config.validation
     collections = frozenset(validation.collections)
     windows = windows_from_config(validation.rate_windows())
+    metrics = GatewayMetrics(registry or CollectorRegistry())
     state = GatewayState(
         config=config,
-        metrics=GatewayMetrics(registry or CollectorRegistry()),
+        metrics=metrics,
         search_parser=SearchParser(validation),
         rules=ContentRules(validation.deny_patterns, validation.deny_action),
         learn_rules=ContentRules(validation.learn_deny_patterns, validation.learn_deny_action),
@@ -50,6 +52,7 @@ def create_app(
             windows, validation.rate_limit_redis_url, validation.rate_limit_max_clients
         ),
         policy_header=policy_header_value(windows),
+        quota=QuotaPolicy(validation, metrics),
         collections=collections,
         client_keys=ClientKeys(config.gateway.trusted_networks, validation.ipv6_prefix),
         access=(

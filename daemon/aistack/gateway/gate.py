@@ -145,27 +145,40 @@ async def admit_within_quota(
     precheck: Precheck,
 ) -> web.StreamResponse:
     key = state.client_keys.of(request.remote, request.headers)
+    quota = state.quota
+    if quota.exempt_networks and quota.exempt(key):
+        return precheck(state, request, endpoint) or await handler(request)
     limiter = state.limiter
     if isinstance(limiter, MemoryRateLimiter):
         decision = limiter.hit_now(key)  # in this process: no coroutine to create and await
     else:
         try:
             decision = await limiter.hit(key)
-        except RateLimitStorageError:
+        except RateLimitStorageError as error:
             state.metrics.dependency_down("rate_limit_storage")
-            return unavailable_answer("rate_limit_storage")
+            if not quota.fail_open:
+                return unavailable_answer("rate_limit_storage")
+            quota.storage_failed(str(error))
+            return precheck(state, request, endpoint) or await handler(request)
+        quota.storage_answered()
     response: web.StreamResponse
-    if not decision.allowed:
+    if not decision.allowed and not quota.rehearse:
         response = refuse_over_limit(state, decision)
     else:
+        if not decision.allowed:
+            quota.rehearsed(exhausted_window(decision), key)
         response = precheck(state, request, endpoint) or await handler(request)
     if decision.states:
         response.headers["RateLimit"] = decision.header_value()
     return response
 
 
+def exhausted_window(decision: Decision) -> str:
+    return next(s.window.name for s in decision.states if s.remaining == 0)
+
+
 def refuse_over_limit(state: GatewayState, decision: Decision) -> web.Response:
-    exhausted = next(s.window.name for s in decision.states if s.remaining == 0)
+    exhausted = exhausted_window(decision)
     state.metrics.limited(exhausted)
     return error_answer(
         429,

@@ -98,6 +98,12 @@ class GatewayMetrics(Collector):
             "Requests answered 429, by the window that was exhausted",
             "window",
         )
+        self.rate_limit_dry_run = LabelledCounter(
+            "aistack_rate_limit_dry_run_refusals",
+            'Requests rate_limit_action = "log" answered that the limit would have refused',
+            "window",
+        )
+        self.rate_limit_failed_open = 0
         self.dependency_errors = LabelledCounter(
             "aistack_dependency_unavailable",
             "Requests answered 503 because a dependency did not answer",
@@ -123,6 +129,13 @@ class GatewayMetrics(Collector):
         yield self.validation_failures.family()
         yield from self.timings.families()
         yield self.rate_limited.family()
+        yield self.rate_limit_dry_run.family()
+        failed_open = CounterMetricFamily(
+            "aistack_rate_limit_failed_open",
+            "Requests admitted unlimited while the rate-limit storage was down (failure open)",
+        )
+        failed_open.add_metric([], self.rate_limit_failed_open)
+        yield failed_open
         yield self.dependency_errors.family()
         refused = CounterMetricFamily(
             "aistack_connections_refused",

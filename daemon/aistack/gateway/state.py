@@ -17,6 +17,7 @@ from aistack.gateway.access import AccessControl
 from aistack.gateway.clientkey import ClientKeys
 from aistack.gateway.embedqueue import EmbeddingQueue
 from aistack.gateway.metrics import GatewayMetrics
+from aistack.gateway.quota import QuotaPolicy
 from aistack.gateway.ratelimit import RateLimiter
 from aistack.gateway.requests import ContentRules, SearchParser, SolutionsQuery
 from aistack.gateway.turns import QueryTurns
@@ -70,6 +71,7 @@ class GatewayState:
     learn_rules: ContentRules
     limiter: RateLimiter
     policy_header: str
+    quota: QuotaPolicy
     collections: frozenset[str]
     client_keys: ClientKeys
     access: AccessControl | None
