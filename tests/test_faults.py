@@ -360,15 +360,16 @@ async def test_a_clock_jumping_back_an_hour_hands_out_no_fresh_quota() -> None:
     limiter = MemoryRateLimiter(windows, max_clients=10, clock=clock)
     for _ in range(5):
         assert (await limiter.hit("k")).allowed
-    clock.now += 61
+    clock.now += 62  # the minute's sub-window [6 s, 12 s) has left the span
     for _ in range(3):
         assert (await limiter.hit("k")).allowed
     assert not (await limiter.hit("k")).allowed  # the hour's 8 are used
     clock.now -= HOUR  # back into the previous hour, where "k" never asked
     denied = await limiter.hit("k")
     assert not denied.allowed
-    # Until the end of the hour the quota was used in, counted from the stepped-back clock.
-    assert denied.retry_after == 3 * HOUR - (HOUR_START + 2 * HOUR + 71 - HOUR - HOUR_START)
+    # Until the hour's sub-window [0, 360 s) that holds all 8 leaves the span (at 3960 s),
+    # counted from the stepped-back clock.
+    assert denied.retry_after == 3960 - (72 - HOUR)
     assert limiter.tracked_clients == 1
     # A client first seen after the jump is counted in the windows the clock now names.
     assert (await limiter.hit("new")).allowed
@@ -416,33 +417,45 @@ jumps = st.lists(
 def test_random_clock_jumps_never_let_a_window_admit_more_than_its_quota(
     quotas: tuple[int, int], events: list[tuple[float, int]], start: float
 ) -> None:
-    """One client, its counters never forgotten: each admission is counted in the window
-    the clock names, or in a later one the client was already counted in (a clock that
-    steps back stays in that later window). Per window, never more than its quota; and
-    no refusal while the window counted in still has room."""
+    """One client, its counters never forgotten: its time is the clock, or its latest
+    admission when the clock reads earlier (a clock that steps back stands still for it).
+    Each decision counts the sub-windows of W/10 that overlap the last W of that time.
+    Per window, no span of W of the client's time admits more than its quota; and no
+    refusal while the counted sub-windows still have room."""
     windows = (Window("minute", quotas[0], 60), Window("hour", quotas[1], 3600))
+    us = 1_000_000
 
     async def scenario() -> None:
         clock = FakeClock(start)
         limiter = MemoryRateLimiter(windows, max_clients=10, clock=clock)
-        latest = [-1, -1]  # per window: the latest window index the client was counted in
-        admitted: Counter[tuple[int, int]] = Counter()
+        admitted: list[int] = []  # the client's time of each admission, in µs
         for jump, requests in events:
             clock.now = max(0.0, clock.now + jump)
             for _ in range(requests):
-                slots = [max(latest[p], int(clock.now // w.seconds)) for p, w in enumerate(windows)]
-                room = all(admitted[(p, s)] < windows[p].quota for p, s in enumerate(slots))
+                now = max([round(clock.now * us), *admitted])
+                counted = [
+                    sum(
+                        now // (w.seconds * us // 10) - 10
+                        <= t // (w.seconds * us // 10)
+                        <= now // (w.seconds * us // 10)
+                        for t in admitted
+                    )
+                    for w in windows
+                ]
+                room = all(c < w.quota for c, w in zip(counted, windows, strict=True))
                 decision = await limiter.hit("k")
-                assert decision.allowed == room, (slots, admitted)
+                assert decision.allowed == room, (now, admitted)
                 if decision.allowed:
-                    for p, slot in enumerate(slots):
-                        admitted[(p, slot)] += 1
-                        latest[p] = slot
+                    admitted.append(now)
+                    counted = [c + 1 for c in counted]
                 else:
                     assert decision.retry_after >= 1
-                for state, p, slot in zip(decision.states, (0, 1), slots, strict=True):
-                    assert state.remaining == windows[p].quota - admitted[(p, slot)]
-        assert all(count <= windows[p].quota for (p, _), count in admitted.items())
+                for state, c, w in zip(decision.states, counted, windows, strict=True):
+                    assert state.remaining == max(0, w.quota - c)
+        for w in windows:
+            for position, begin in enumerate(admitted):
+                inside = [t for t in admitted[position:] if t <= begin + w.seconds * us]
+                assert len(inside) <= w.quota
 
     asyncio.run(scenario())
 

@@ -362,8 +362,9 @@ async def test_61st_request_in_a_minute_gets_429(gateway):
         async with session.post(url, json=SEARCH) as response:
             assert response.status == 429
             retry_after = int(response.headers["Retry-After"])
-            assert 1 <= retry_after <= 60
-            assert response.headers["RateLimit"].startswith('"minute";r=0;t=')
+            # The first request's sub-window (6 s) leaves the span at most 66 s after it.
+            assert 1 <= retry_after <= 66
+            assert response.headers["RateLimit"] == f'"minute";r=0;t={retry_after}'
             body = await response.json()
             assert body["detail"].startswith("rate limit exceeded (minute window)")
         # Invalid requests are counted too: a client cannot probe for free.
