@@ -307,6 +307,21 @@ def test_aistack_manage_gets_the_acme_units_credentials():
     assert "--property='LoadCredential=acme-tsig:/run/secrets/acme-tsig'" in manage
 
 
+def test_the_redis_password_reaches_the_gateway_as_a_credential():
+    out = evaluate(
+        "{ services.aiStack = { enable = true; validation = { enable = true;"
+        ' rateLimitStoragePasswordFile = "/run/secrets/redis"; };'
+        ' settings.validation.rate_limit_storage = "unix:///run/redis-aistack/redis.sock"; }; }'
+    )
+    assert out["failedAssertions"] == []
+    validation = validate_config(out["settings"]).validation
+    assert validation.rate_limit_storage_password_file == "rate-limit-storage-password"
+    gateway = out["services"]["aistack-gateway"]["serviceConfig"]
+    assert "rate-limit-storage-password:/run/secrets/redis" in gateway["LoadCredential"]
+    assert not any("redis" in c for c in out["services"]["aistack-gc"]["serviceConfig"].get(
+        "LoadCredential", []))  # fmt: skip
+
+
 def test_the_local_qdrant_gets_a_generated_key_as_a_credential():
     out = evaluate(
         "{ services.aiStack = { enable = true; validation.enable = true; gc.enable = true; }; }"
@@ -555,6 +570,10 @@ def test_assertions_say_what_to_do(configuration, message):
             "not in the Nix store",
         ),
         ("{ services.aiStack.acme.eab.hmacKeyFile = ./eab; }", "not in the Nix store"),
+        (
+            "{ services.aiStack.validation.rateLimitStoragePasswordFile = ./redis; }",
+            "not in the Nix store",
+        ),
         # Each certificate's port-80 virtual host is "<name>-http".
         (
             '{ services.aiStack.acme = { nginx.enable = true; certs.api.domains = [ "a.example" ];'

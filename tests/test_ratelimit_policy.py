@@ -104,3 +104,42 @@ async def test_storage_down_fails_open_counted_and_logged_once(gateway, redis_se
     finally:
         again.terminate()
         again.wait(10)
+
+
+def redis_with_password(directory: Path, password: str) -> subprocess.Popen[bytes]:
+    socket = directory / "redis.sock"
+    process = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(socket), "--save", "",
+         "--appendonly", "no", "--dir", str(directory), "--requirepass", password],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process
+
+
+async def test_the_redis_password_comes_from_a_file(gateway, redis_server, tmp_path):
+    # redis_server only makes sure redis-server is installed (it skips, saying how, if not).
+    directory = tmp_path / "redis-auth"
+    directory.mkdir()
+    process = redis_with_password(directory, "s3cret-redis")
+    url = f"unix://{directory / 'redis.sock'}"
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text("s3cret-redis\n")
+    wrong.write_text("guess\n")
+    try:
+        limits = {"rate_limits": ["2/minute"], "rate_limit_storage": url}
+        server = await gateway(
+            validation={**limits, "rate_limit_storage_password_file": str(right)}
+        )
+        assert [(await post(server, SEARCH))[0] for _ in range(3)] == [200, 200, 429]
+        refused = await gateway(
+            validation={**limits, "rate_limit_storage_password_file": str(wrong)}
+        )
+        assert (await post(refused, SEARCH))[0] == 503
+        unauthenticated = await gateway(validation=limits)
+        assert (await post(unauthenticated, SEARCH))[0] == 503
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -282,6 +282,9 @@ class ValidationConfig(Section):
     learn_deny_action: Literal["reject", "log"] = "reject"
     rate_limits: list[str] = Field(default=["60/minute", "1000/hour"])
     rate_limit_storage: str = "memory://"
+    # The Redis password (AUTH), read from this file (or credential name): kept out of the
+    # URL, and so out of the configuration and the Nix store.
+    rate_limit_storage_password_file: str = ""
     rate_limit_max_clients: int = Field(default=100_000, ge=1, le=10_000_000)
     # "log": count and log what would be refused, and answer (nginx's limit_req_dry_run).
     rate_limit_action: Literal["enforce", "log"] = "enforce"

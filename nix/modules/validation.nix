@@ -12,6 +12,9 @@ let
     mkOption
     types
     ;
+  redisCredential = lib.optional (
+    cfg.rateLimitStoragePasswordFile != null
+  ) "rate-limit-storage-password:${cfg.rateLimitStoragePasswordFile}";
 
   top = config.services.aiStack;
   cfg = top.validation;
@@ -89,6 +92,22 @@ in
       description = "Open the gateway's ports in the firewall.";
     };
 
+    rateLimitStoragePasswordFile = mkOption {
+      # As nixpkgs' types.pathWith: a secret must not be a path the store would copy.
+      type = types.nullOr (
+        types.pathWith {
+          inStore = false;
+          absolute = true;
+        }
+      );
+      default = null;
+      example = "/run/secrets/redis-aistack";
+      description = ''
+        File with the password (AUTH) of the Redis server `settings.validation.rate_limit_storage`
+        names, passed with `LoadCredential=`: never in the URL, the settings or the store.
+      '';
+    };
+
     apiKeysFile = mkOption {
       type = types.nullOr types.path;
       default = null;
@@ -106,8 +125,14 @@ in
         # Interpolated, not toString: the file goes into the store and the closure.
         api_keys_file = if cfg.apiKeysFile == null then "" else "${cfg.apiKeysFile}";
       };
-      validation = daemonKeys.settings keys cfg;
+      validation =
+        daemonKeys.settings keys cfg
+        // lib.optionalAttrs (cfg.rateLimitStoragePasswordFile != null) {
+          rate_limit_storage_password_file = "rate-limit-storage-password";
+        };
     };
+    # Only the gateway (and aistack-manage, whose commands include the gateway's) gets it.
+    services.aiStack.manageProperties = map (c: "LoadCredential=${c}") redisCredential;
 
     networking.firewall.allowedTCPPorts = lib.optionals cfg.openFirewall (map port cfg.listen);
 
@@ -130,7 +155,7 @@ in
         ExecStart = "${lib.getExe top.package} gateway --config ${top.configFile}";
         # SIGHUP re-reads the TLS files without dropping connections.
         ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
-        LoadCredential = top.credentials;
+        LoadCredential = top.credentials ++ redisCredential;
         Restart = "on-failure";
         RestartSec = 5;
         TimeoutStopSec = 30;

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from aistack.config import Config
+from aistack.config import Config, read_secret
 from aistack.embedding import Embedder, open_embedder
 from aistack.gateway import operational
 from aistack.gateway.access import load_access
@@ -49,7 +49,14 @@ def create_app(
         rules=ContentRules(validation.deny_patterns, validation.deny_action),
         learn_rules=ContentRules(validation.learn_deny_patterns, validation.learn_deny_action),
         limiter=rate_limiter(
-            windows, validation.rate_limit_redis_url, validation.rate_limit_max_clients
+            windows,
+            validation.rate_limit_redis_url,
+            validation.rate_limit_max_clients,
+            redis_password=(
+                read_secret(validation.rate_limit_storage_password_file)
+                if validation.rate_limit_storage_password_file
+                else None
+            ),
         ),
         policy_header=policy_header_value(windows),
         quota=QuotaPolicy(validation, metrics),
