@@ -309,7 +309,7 @@ def test_aistack_manage_gets_the_acme_units_credentials():
 
 def test_the_redis_password_reaches_the_gateway_as_a_credential():
     out = evaluate(
-        "{ services.aiStack = { enable = true; validation = { enable = true;"
+        "{ services.aiStack = { enable = true; gc.enable = true; validation = { enable = true;"
         ' rateLimitStoragePasswordFile = "/run/secrets/redis"; };'
         ' settings.validation.rate_limit_storage = "unix:///run/redis-aistack/redis.sock"; }; }'
     )
