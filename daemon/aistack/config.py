@@ -653,27 +653,17 @@ class AcmeConfig(Section):
         settings = self.certificates[name]
         own = settings.model_dump(exclude_none=True)
         base = self.model_dump(exclude={"certificates", "domains"})
-        try:
-            resolved = AcmeConfig.model_validate({**base, **own})
-        except ValidationError as error:
-            # Only checks across keys can fail here: each key was checked where it stands.
-            problem = error.errors()[0]
-            raise ValueError(f"certificates.{name}: {_strip_prefix(problem['msg'])}") from None
-        resolved._name = name
-        return resolved
+        # Only checks across keys can fail here: each key was checked where it stands.
+        return _certificate({**base, **own}, name, f"certificates.{name}")
 
     def with_settings(self, **update: Any) -> AcmeConfig:
         """This certificate with `update` on top of its own keys, validated again: what a
         command-line flag does to every certificate. ConfigError naming it if invalid."""
+        data = {**self.model_dump(exclude={"certificates"}), **update}
         try:
-            resolved = AcmeConfig.model_validate(
-                {**self.model_dump(exclude={"certificates"}), **update}
-            )
-        except ValidationError as error:
-            problem = error.errors()[0]
-            raise ConfigError(f"{self.certificate_name}: {_strip_prefix(problem['msg'])}") from None
-        resolved._name = self._name
-        return resolved
+            return _certificate(data, self._name, self.certificate_name)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def each_certificate(self) -> list[AcmeConfig]:
         """Every certificate, one AcmeConfig each: the one `domains` names (if any) first."""
@@ -699,6 +689,17 @@ class AcmeConfig(Section):
         """Where a dry run orders: Let's Encrypt's staging for its production, else the
         configured directory (a private CA, pebble, staging itself)."""
         return STAGING_DIRECTORY if self.directory == PRODUCTION_DIRECTORY else self.directory
+
+
+def _certificate(data: dict[str, Any], name: str, shown: str) -> AcmeConfig:
+    """One certificate's AcmeConfig, named `name` ("": after its first domain); ValueError
+    with the first problem, prefixed by `shown`, when the keys do not fit together."""
+    try:
+        resolved = AcmeConfig.model_validate(data)
+    except ValidationError as error:
+        raise ValueError(f"{shown}: {_strip_prefix(error.errors()[0]['msg'])}") from None
+    resolved._name = name
+    return resolved
 
 
 def absent_section() -> Any:

@@ -168,12 +168,7 @@ in
         description = "`rfc2136`: the TSIG key's algorithm.";
       };
       tsigKeyFile = mkOption {
-        type = types.nullOr (
-          types.pathWith {
-            inStore = false;
-            absolute = true;
-          }
-        );
+        type = types.nullOr daemonKeys.secretPath;
         default = null;
         example = "/run/secrets/acme-tsig";
         description = "`rfc2136`: file with the base64 TSIG secret (passed with `LoadCredential=`).";
@@ -184,12 +179,7 @@ in
         description = "`exec`: the program that adds (`present`) and removes (`cleanup`) a TXT record.";
       };
       environmentFile = mkOption {
-        type = types.nullOr (
-          types.pathWith {
-            inStore = false;
-            absolute = true;
-          }
-        );
+        type = types.nullOr daemonKeys.secretPath;
         default = null;
         example = "/run/secrets/dns-api";
         description = ''
@@ -206,13 +196,7 @@ in
         description = "External account binding key id, for CAs that require one.";
       };
       hmacKeyFile = mkOption {
-        # As nixpkgs' types.pathWith: a secret must not be a path the store would copy.
-        type = types.nullOr (
-          types.pathWith {
-            inStore = false;
-            absolute = true;
-          }
-        );
+        type = types.nullOr daemonKeys.secretPath;
         default = null;
         description = "File with the base64url EAB HMAC key (passed with `LoadCredential=`).";
       };

@@ -18,6 +18,13 @@ let
     ;
 in
 {
+  # nixpkgs' types.pathWith: an absolute path that is not in the store, so a secret given
+  # as a path literal fails evaluation instead of being copied into the world-readable store.
+  secretPath = types.pathWith {
+    inStore = false;
+    absolute = true;
+  };
+
   # The options of `keys` (option name -> { key, type, description, example? }), which set
   # `settings.<section>.<key>`. Unset (null), the key is not written: the daemon's default.
   options =

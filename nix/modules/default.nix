@@ -56,12 +56,7 @@ let
       ${lib.getExe cfg.package} "$@" --config ${checkedConfig}
   '';
 
-  # nixpkgs' types.pathWith: an absolute path that is not in the store, so a secret given
-  # as a path literal fails evaluation instead of being copied into the world-readable store.
-  secretPath = types.pathWith {
-    inStore = false;
-    absolute = true;
-  };
+  inherit (import ./daemon-keys.nix { inherit lib; }) secretPath;
 
   secretOption =
     what:

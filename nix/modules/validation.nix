@@ -93,13 +93,7 @@ in
     };
 
     rateLimitStoragePasswordFile = mkOption {
-      # As nixpkgs' types.pathWith: a secret must not be a path the store would copy.
-      type = types.nullOr (
-        types.pathWith {
-          inStore = false;
-          absolute = true;
-        }
-      );
+      type = types.nullOr daemonKeys.secretPath;
       default = null;
       example = "/run/secrets/redis-aistack";
       description = ''
